@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: MIT
+// cpu/kernels.h — the interface between the CPU engine and its pointwise kernels: the step
+// structs, the table of kernel pointers for every cell × dtype, and kernels(), which returns
+// the table compiled for the best instruction set this CPU has (chosen once, at first use).
+#pragma once
+
+#include <cstdint>
+
+namespace fastrnn::cpu {
+
+// One forward step of one layer-direction, rows [0, B). Row strides: G*H for ax/ah, S*H for
+// saved, H for the rest.
+template <class T>
+struct StepFwd {
+  int64_t B = 0, H = 0;
+  const T* ax = nullptr;      // [B, G*H] W_ih x_t (no bias yet)
+  const T* ah = nullptr;      // [B, G*H] W_hh h_{t-1} (no bias yet); two-phase: see gru.h
+  const T* b_ih = nullptr;    // [G*H] (zeros when the layer has no bias)
+  const T* b_hh = nullptr;    // [G*H]
+  const T* h_prev = nullptr;  // [B, H] read when the cell reads it, or to copy padded rows;
+                              // nullptr with a projection (h state then is [B, P])
+  T* h = nullptr;             // [B, H] written: new h (before any projection)
+  const T* c_prev = nullptr;  // [B, H] cells with state
+  T* c = nullptr;             // [B, H] cells with state, written
+  T* y = nullptr;             // [B, H] written (0 on padded rows); nullptr with a projection
+  T* saved = nullptr;         // [B, S*H] written when training (and always for two-phase cells)
+  T* rh = nullptr;            // [B, H] two-phase only: r⊙h_prev, written
+  const uint8_t* active = nullptr;  // [B] 1 = step t is inside sequence b; nullptr = all
+};
+
+template <class T>
+struct StepBwd {
+  int64_t B = 0, H = 0;
+  const T* saved = nullptr;   // [B, S*H] from the forward step
+  const T* h_prev = nullptr;  // [B, H] when the cell reads it
+  const T* c_prev = nullptr;  // [B, H] cells with state
+  const T* c = nullptr;       // [B, H] cells with state
+  const T* dy = nullptr;      // [B, H] read (no projection): added to dh on active rows
+  T* dh = nullptr;            // [B, H] no projection: in dL/dh_t from later steps, out the
+                              // part of dL/dh_{t-1} that bypasses W_hh (rows kept if padded)
+  const T* dh_raw = nullptr;  // [B, H] with a projection: dL/d(h before W_hr), used as dh
+  T* h_raw = nullptr;         // [B, H] with a projection: o⊙tanh(c) recomputed, written
+  T* dc = nullptr;            // [B, H] in dL/dc_t, out dL/dc_{t-1}
+  T* dax = nullptr;           // [B, G*H] written: dL/d(input pre-activations)
+  T* dah = nullptr;           // [B, G*H] written when the cell splits them, else == dax
+  const T* drh = nullptr;     // [B, H] two-phase: dL/d(r⊙h_prev)
+  T* rh = nullptr;            // [B, H] two-phase: r⊙h_prev recomputed, written
+  const uint8_t* active = nullptr;
+};
+
+// The kernels of one cell and dtype, as compiled for one instruction set.
+template <class T>
+struct CellKernels {
+  using Fwd = void (*)(const StepFwd<T>&);
+  using Bwd = void (*)(const StepBwd<T>&);
+  Fwd forward_infer = nullptr;  // one-phase cells
+  Fwd forward_train = nullptr;
+  Bwd backward = nullptr;
+  Bwd backward_projected = nullptr;  // cells that can project
+  Fwd forward_gates = nullptr;       // two-phase cells
+  Fwd forward_state = nullptr;
+  Bwd backward_state = nullptr;
+  Bwd backward_gates = nullptr;
+};
+
+// Every cell × dtype, for one instruction set.
+struct KernelTable {
+  CellKernels<float> f32[5];   // indexed by CellKind
+  CellKernels<double> f64[5];
+};
+
+// The table for this CPU: AVX2+FMA code where the CPU has both, else the baseline x86-64 code.
+const KernelTable& kernels();
+// "avx2+fma" or "baseline": which table kernels() returns.
+const char* kernels_isa();
+
+}  // namespace fastrnn::cpu

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: MIT
+// cpu/kernels_isa.cpp — compiled once per instruction set (CMake defines FASTRNN_ISA and the
+// matching -m flags: "baseline" with none, "avx2" with -mavx2 -mfma). Instantiates the
+// pointwise kernels of every cell × dtype and hands them out as one table. Nothing else.
+#include "fastrnn/cells/gru.h"
+#include "fastrnn/cells/lstm.h"
+#include "fastrnn/cells/rnn.h"
+#include "fastrnn/problem.h"
+#include "cpu/pointwise.h"
+
+#define FASTRNN_CONCAT2(a, b) a##b
+#define FASTRNN_CONCAT(a, b) FASTRNN_CONCAT2(a, b)
+
+namespace fastrnn::cpu {
+
+KernelTable FASTRNN_CONCAT(make_kernel_table_, FASTRNN_ISA)() {
+  namespace isa = FASTRNN_ISA;
+  KernelTable t;
+  t.f32[int(CellKind::kLstm)] = isa::make_cell_kernels<Lstm, float>();
+  t.f32[int(CellKind::kGru)] = isa::make_cell_kernels<Gru, float>();
+  t.f32[int(CellKind::kGruResetBefore)] = isa::make_cell_kernels<GruResetBefore, float>();
+  t.f32[int(CellKind::kRnnTanh)] = isa::make_cell_kernels<RnnTanh, float>();
+  t.f32[int(CellKind::kRnnRelu)] = isa::make_cell_kernels<RnnRelu, float>();
+  t.f64[int(CellKind::kLstm)] = isa::make_cell_kernels<Lstm, double>();
+  t.f64[int(CellKind::kGru)] = isa::make_cell_kernels<Gru, double>();
+  t.f64[int(CellKind::kGruResetBefore)] = isa::make_cell_kernels<GruResetBefore, double>();
+  t.f64[int(CellKind::kRnnTanh)] = isa::make_cell_kernels<RnnTanh, double>();
+  t.f64[int(CellKind::kRnnRelu)] = isa::make_cell_kernels<RnnRelu, double>();
+  return t;
+}
+
+}  // namespace fastrnn::cpu

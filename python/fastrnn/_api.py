@@ -1,0 +1,477 @@
+# SPDX-License-Identifier: MIT
+"""The public functional API: lstm/gru/rnn forward and backward.
+
+This module owns every parameter decision: validation with messages that name the argument,
+defaults (zero initial states), `batch_first`, the flat weight list and its order, layers,
+directions, inter-layer dropout, and the choice of engine. The engines themselves (the compiled
+`_core`, or `reference.py`) see one layer and one direction at a time, with dense arrays of one
+dtype. Nothing here writes into an array the caller passed.
+
+Shapes follow the legend of DESIGN.md (T, B, I, H, P, G, D, L); Hout = P if P > 0 else H.
+"""
+
+import collections
+import numbers
+
+import numpy as np
+
+from . import _backends, reference
+
+__all__ = [
+    "RNNOutput",
+    "RNNGrads",
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
+    "rnn_forward",
+    "rnn_backward",
+]
+
+RNNOutput = collections.namedtuple("RNNOutput", ["y", "h_n", "c_n", "saved"])
+RNNOutput.__doc__ = """Result of a forward call.
+
+y      (T, B, D*Hout), or (B, T, D*Hout) with batch_first
+h_n    (D*L, B, Hout): final hidden state, layer-major then direction, as torch
+c_n    (D*L, B, H): final cell state (LSTM; None for GRU and RNN)
+saved  what backward needs (only when training=True, else None); opaque
+"""
+RNNGrads = collections.namedtuple("RNNGrads", ["dx", "dh0", "dc0", "dweights"])
+RNNGrads.__doc__ = """Result of a backward call: gradients of x, h0, c0 (LSTM; else None) and
+of every weight, in the order and shapes of the `weights` given to forward."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells: what differs between LSTM, GRU and RNN at the API level
+
+
+class _Cell:
+    """One cell variant: its gate count, its engine id, and its reference functions."""
+
+    def __init__(self, name, gates, kind, **reference_kwargs):
+        self.name = name  # "lstm" | "gru" | "rnn"
+        self.gates = gates  # G
+        self.kind = kind  # fastrnn._core.CellKind value
+        self.has_c = name == "lstm"
+        self.reference_kwargs = reference_kwargs
+
+    def reference_forward(self, x, w, h0, c0, lengths, reverse):
+        w_ih, w_hh, b_ih, b_hh, w_hr = w
+        if self.has_c:
+            return reference.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, w_hr)
+        fn = reference.gru_forward if self.name == "gru" else reference.rnn_forward
+        y, h_n, cache = fn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, **self.reference_kwargs)
+        return y, h_n, None, cache
+
+    def reference_backward(self, cache, dy, dh_n, dc_n):
+        if self.has_c:
+            dx, dh0, dc0, *dw = reference.lstm_backward(dy, dh_n, dc_n, cache)
+            return dx, dh0, dc0, dw
+        fn = reference.gru_backward if self.name == "gru" else reference.rnn_backward
+        dx, dh0, *dw = fn(dy, dh_n, cache)
+        return dx, dh0, None, dw + [None]
+
+
+_LSTM = _Cell("lstm", 4, 0)
+_GRU = {True: _Cell("gru", 3, 1, linear_before_reset=True),
+        False: _Cell("gru", 3, 2, linear_before_reset=False)}
+_RNN = {"tanh": _Cell("rnn", 1, 3, nonlinearity="tanh"),
+        "relu": _Cell("rnn", 1, 4, nonlinearity="relu")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks. Each message names the argument, what was expected and what was received.
+
+
+def _to_numpy(a, name):
+    """A NumPy view of an array-like (buffer protocol, __array__ or DLPack) on the CPU."""
+    if isinstance(a, np.ndarray):
+        return a
+    device = getattr(a, "__dlpack_device__", None)
+    if callable(device):
+        try:
+            kind, index = device()
+        except Exception:  # noqa: BLE001 - an object that cannot say is treated as a host array
+            kind, index = 1, 0
+        if int(kind) not in (1, 3):  # kDLCPU, kDLCUDAHost
+            raise TypeError(
+                f"{name}: expected an array in host memory (the CPU engine and the reference run "
+                f"there; this build has no CUDA path), got {type(a).__name__} on DLPack device "
+                f"type {int(kind)}:{index}"
+            )
+    try:
+        if hasattr(a, "__array__") or hasattr(a, "__array_interface__"):
+            return np.asarray(a)
+        if hasattr(a, "__dlpack__"):
+            return np.from_dlpack(a)
+        memoryview(a)  # the buffer protocol
+        return np.asarray(a)
+    except TypeError as exc:
+        raise TypeError(
+            f"{name}: expected an array (NumPy, or an object with the buffer protocol, "
+            f"__array__ or __dlpack__), got {type(a).__name__}"
+            + ("" if str(exc).startswith("memoryview") else f" ({exc})")
+        ) from None
+    except (RuntimeError, ValueError, BufferError) as exc:
+        raise TypeError(f"{name}: cannot be read as a host array: {exc}") from None
+
+
+def _float_array(a, name, dtype=None):
+    """`a` as a NumPy float32/float64 array of the given dtype (the call's dtype, set by x)."""
+    arr = _to_numpy(a, name)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(
+            f"{name}: expected dtype {np.dtype(dtype)} (all floating inputs of a call share x's "
+            f"dtype), got {arr.dtype}"
+        )
+    return arr
+
+
+def _expect_shape(arr, shape, name):
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+
+
+def _int_option(value, name, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _bool_option(value, name):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
+def _dropout_option(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"dropout: expected a float in [0, 1], got {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"dropout: expected a float in [0, 1], got {value}")
+    return float(value)
+
+
+def _lengths_array(lengths, T, B):
+    if lengths is None:
+        return None
+    if isinstance(lengths, (list, tuple)):
+        lengths = np.asarray(lengths)
+    arr = _to_numpy(lengths, "lengths")
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected an integer array, got dtype {arr.dtype}")
+    _expect_shape(arr, (B,), "lengths")
+    if B and (arr.min() < 0 or arr.max() > T):
+        bad = int(np.flatnonzero((arr < 0) | (arr > T))[0])
+        raise ValueError(f"lengths: expected values in [0, {T}] (T), got lengths[{bad}]={arr[bad]}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _split_weights(weights, cell, L, D, proj_size, I, dtype):
+    """Check the flat torch-order weight list; return per (layer, direction) tuples
+    (w_ih, w_hh, b_ih, b_hh, w_hr) of dense arrays (None where absent), H and has_bias."""
+    if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+        raise TypeError(
+            f"weights: expected a list or tuple of arrays in torch _flat_weights order, "
+            f"got {type(weights).__name__}"
+        )
+    proj = 1 if proj_size > 0 else 0
+    per_no_bias, per_bias = 2 + proj, 4 + proj
+    n = len(weights)
+    if n == L * D * per_bias:
+        has_bias = True
+    elif n == L * D * per_no_bias:
+        has_bias = False
+    else:
+        what = f"num_layers={L} x directions={D} x ({per_bias} with biases or {per_no_bias} without)"
+        raise ValueError(f"weights: expected {L * D * per_bias} or {L * D * per_no_bias} arrays ({what}), got {n}")
+    per = per_bias if has_bias else per_no_bias
+    arrays = [_float_array(w, f"weights[{k}]", dtype) for k, w in enumerate(weights)]
+
+    G = cell.gates
+    w0 = arrays[0]
+    if w0.ndim != 2 or w0.shape[0] == 0 or w0.shape[0] % G:
+        raise ValueError(
+            f"weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I}) with "
+            f"hidden_size > 0, got {w0.shape}"
+        )
+    H = w0.shape[0] // G
+    if proj_size >= H and proj_size > 0:
+        raise ValueError(f"proj_size: expected < hidden_size={H}, got {proj_size}")
+    Hout = proj_size if proj_size > 0 else H
+    names = ["w_ih", "w_hh"] + (["b_ih", "b_hh"] if has_bias else []) + (["w_hr"] if proj else [])
+    layers = []
+    for layer in range(L):
+        for d in range(D):
+            base = (layer * D + d) * per
+            I_l = I if layer == 0 else D * Hout
+            shapes = {"w_ih": (G * H, I_l), "w_hh": (G * H, Hout), "b_ih": (G * H,),
+                      "b_hh": (G * H,), "w_hr": (proj_size, H)}
+            got = {}
+            for k, nm in enumerate(names):
+                where = f"weights[{base + k}] ({nm} of layer {layer}{', reverse' if d else ''})"
+                _expect_shape(arrays[base + k], shapes[nm], where)
+                got[nm] = np.ascontiguousarray(arrays[base + k])
+            layers.append(tuple(got.get(nm) for nm in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")))
+    return layers, H, has_bias
+
+
+def _wrap_like(arr, like):
+    """Return arr as the caller's array type: NumPy for NumPy (and buffer) input; for another
+    array library on the host, that library's array through DLPack when it offers from_dlpack."""
+    if arr is None or isinstance(like, np.ndarray) or not hasattr(like, "__dlpack__"):
+        return arr
+    module = type(like).__module__.split(".")[0]
+    try:
+        import importlib
+
+        from_dlpack = getattr(importlib.import_module(module), "from_dlpack", None)
+        return from_dlpack(np.ascontiguousarray(arr)) if from_dlpack else arr
+    except Exception:  # noqa: BLE001 - any failure leaves the NumPy result
+        return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# One layer and direction on the chosen engine
+
+
+class _Saved:
+    """What backward needs from a training forward. Opaque to callers."""
+
+    __slots__ = ("cell", "engine", "layers", "masks", "num_layers", "D", "dtype", "shape",
+                 "batch_first", "has_bias", "proj_size", "H", "like")
+
+    def __repr__(self):
+        return f"<fastrnn saved state of a {self.cell.name} forward on {self.engine!r}>"
+
+
+def _layer_forward(engine, cell, x, w, h0, c0, lengths, reverse, training):
+    """Returns (y, h_n, c_n, saved-for-this-layer or None)."""
+    if engine == "cpu":
+        w_ih, w_hh, b_ih, b_hh, w_hr = w
+        y, h_n, c_n, reserve = _backends._core.forward(
+            cell.kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, training)
+        return y, h_n, c_n, ((x, w, lengths, reverse, reserve) if training else None)
+    y, h_n, c_n, cache = cell.reference_forward(x, w, h0, c0, lengths, reverse)
+    return y, h_n, c_n, (cache if training else None)
+
+
+def _layer_backward(engine, cell, saved, dy, dh_n, dc_n):
+    """Returns (dx, dh0, dc0, [dw_ih, dw_hh, db_ih, db_hh, dw_hr])."""
+    if engine == "cpu":
+        x, (w_ih, w_hh, b_ih, b_hh, w_hr), lengths, reverse, reserve = saved
+        dx, dh0, dc0, *dw = _backends._core.backward(
+            cell.kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, reserve, lengths, reverse, dy, dh_n, dc_n)
+        return dx, dh0, dc0, dw
+    return cell.reference_backward(saved, dy, dh_n, dc_n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stacked, (bi)directional forward and backward, shared by the three cells
+
+
+def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, lengths, dropout,
+             seed, proj_size, training, backend):
+    engine = _backends.resolve(backend)
+    L = _int_option(num_layers, "num_layers", 1)
+    D = 2 if _bool_option(bidirectional, "bidirectional") else 1
+    batch_first = _bool_option(batch_first, "batch_first")
+    training = _bool_option(training, "training")
+    dropout = _dropout_option(dropout)
+    proj_size = _int_option(proj_size, "proj_size", 0)
+    if seed is not None:
+        seed = _int_option(seed, "seed", 0)
+
+    like = x
+    xs = _float_array(x, "x")
+    dtype = xs.dtype
+    if xs.ndim != 3:
+        want = "(B, T, I) with batch_first" if batch_first else "(T, B, I)"
+        raise ValueError(f"x: expected 3 dimensions {want}, got shape {xs.shape}")
+    if batch_first:
+        xs = xs.transpose(1, 0, 2)
+    T, B, I = xs.shape
+    layers, H, has_bias = _split_weights(weights, cell, L, D, proj_size, I, dtype)
+    Hout = proj_size if proj_size > 0 else H
+    lengths = _lengths_array(lengths, T, B)
+
+    if h0 is None:
+        h0 = np.zeros((L * D, B, Hout), dtype)
+    else:
+        h0 = _float_array(h0, "h0", dtype)
+        _expect_shape(h0, (L * D, B, Hout), "h0")
+    if cell.has_c:
+        if c0 is None:
+            c0 = np.zeros((L * D, B, H), dtype)
+        else:
+            c0 = _float_array(c0, "c0", dtype)
+            _expect_shape(c0, (L * D, B, H), "c0")
+
+    rng = np.random.default_rng(seed) if training and dropout > 0 and L > 1 else None
+    inp = np.ascontiguousarray(xs)
+    h_n, c_n, layer_saved, masks = [], [], [], []
+    for layer in range(L):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            y_d, h_d, c_d, s_d = _layer_forward(
+                engine, cell, inp, layers[k], np.ascontiguousarray(h0[k]),
+                np.ascontiguousarray(c0[k]) if cell.has_c else None, lengths, d == 1, training)
+            outs.append(y_d)
+            h_n.append(h_d)
+            c_n.append(c_d)
+            layer_saved.append(s_d)
+        y = outs[0] if D == 1 else np.concatenate(outs, axis=2)  # T,B,D*Hout
+        if rng is not None and layer < L - 1:
+            # inverted dropout on this layer's output, the next layer's input (torch/cuDNN)
+            keep = rng.random(y.shape) >= dropout
+            mask = keep.astype(dtype) / dtype.type(1.0 - dropout) if dropout < 1 else np.zeros(y.shape, dtype)
+            y = y * mask
+            masks.append(mask)
+        else:
+            masks.append(None)
+        inp = y
+
+    saved = None
+    if training:
+        saved = _Saved()
+        saved.cell, saved.engine, saved.layers, saved.masks = cell, engine, layer_saved, masks
+        saved.num_layers, saved.D, saved.dtype, saved.shape = L, D, dtype, (T, B, I)
+        saved.batch_first, saved.has_bias, saved.proj_size, saved.H = batch_first, has_bias, proj_size, H
+        saved.like = like if not isinstance(like, np.ndarray) else None
+    y = inp.transpose(1, 0, 2) if batch_first else inp
+    h_n = np.stack(h_n)
+    c_n = np.stack(c_n) if cell.has_c else None
+    return RNNOutput(_wrap_like(y, like), _wrap_like(h_n, like), _wrap_like(c_n, like), saved)
+
+
+def _backward(cell, saved, dy, dh_n, dc_n):
+    if not isinstance(saved, _Saved):
+        raise TypeError(
+            f"saved: expected the .saved of a {cell.name}_forward(..., training=True) result, "
+            f"got {type(saved).__name__}"
+        )
+    if saved.cell.name != cell.name:
+        raise ValueError(f"saved: expected the state of a {cell.name} forward, got one of a "
+                         f"{saved.cell.name} forward")
+    L, D, dtype, H = saved.num_layers, saved.D, saved.dtype, saved.H
+    T, B, I = saved.shape
+    Hout = saved.proj_size if saved.proj_size > 0 else H
+    like = saved.like if saved.like is not None else dy
+    dy = _float_array(dy, "dy", dtype)
+    want = (B, T, D * Hout) if saved.batch_first else (T, B, D * Hout)
+    _expect_shape(dy, want, "dy")
+    if saved.batch_first:
+        dy = dy.transpose(1, 0, 2)
+    if dh_n is not None:
+        dh_n = _float_array(dh_n, "dh_n", dtype)
+        _expect_shape(dh_n, (L * D, B, Hout), "dh_n")
+    if dc_n is not None:
+        if not cell.has_c:
+            raise ValueError(f"dc_n: a {cell.name} has no cell state, expected None")
+        dc_n = _float_array(dc_n, "dc_n", dtype)
+        _expect_shape(dc_n, (L * D, B, H), "dc_n")
+
+    dweights = [None] * (L * D)
+    dh0 = np.zeros((L * D, B, Hout), dtype)
+    dc0 = np.zeros((L * D, B, H), dtype) if cell.has_c else None
+    d_out = dy  # dL/d(output of the current layer), T,B,D*Hout
+    for layer in reversed(range(L)):
+        if saved.masks[layer] is not None:
+            d_out = d_out * saved.masks[layer]
+        d_in = None
+        for d in range(D):
+            k = layer * D + d
+            dy_d = np.ascontiguousarray(d_out[:, :, d * Hout:(d + 1) * Hout])
+            dx_d, dh0[k], dc0_d, dweights[k] = _layer_backward(
+                saved.engine, cell, saved.layers[k], dy_d,
+                None if dh_n is None else np.ascontiguousarray(dh_n[k]),
+                None if dc_n is None else np.ascontiguousarray(dc_n[k]))
+            if cell.has_c:
+                dc0[k] = dc0_d
+            d_in = dx_d if d_in is None else d_in + dx_d  # both directions read this input
+        d_out = d_in
+    dx = d_out.transpose(1, 0, 2) if saved.batch_first else d_out
+    flat = []
+    for dw in dweights:
+        dw_ih, dw_hh, db_ih, db_hh, dw_hr = dw
+        flat += [dw_ih, dw_hh] + ([db_ih, db_hh] if saved.has_bias else [])
+        flat += [dw_hr] if saved.proj_size > 0 else []
+    return RNNGrads(_wrap_like(dx, like), _wrap_like(dh0, like), _wrap_like(dc0, like),
+                    [_wrap_like(w, like) for w in flat])
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+
+
+def lstm_forward(x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False,
+                 batch_first=False, lengths=None, dropout=0.0, seed=None, proj_size=0,
+                 training=False, backend=None):
+    """LSTM forward (PyTorch/cuDNN maths, gate order i, f, g, o).
+
+    x        (T, B, I), or (B, T, I) with batch_first; float32 or float64
+    weights  flat list in torch.nn.LSTM._flat_weights order: for each layer, for each
+             direction: w_ih (4H, I_l), w_hh (4H, Hout), [b_ih (4H,), b_hh (4H,)], [w_hr (P, H)]
+    h0, c0   (D*L, B, Hout) and (D*L, B, H); None = zeros
+    lengths  (B,) valid steps per sequence in [0, T]; padded steps output 0 and keep the state
+    dropout  between layers, only when training; `seed` makes its masks reproducible
+    proj_size  P > 0 adds w_hr and makes Hout = P
+    training  keep what lstm_backward needs in the result's .saved
+    backend  None (compiled engine, else the reference with a warning) | "cpu" | "reference"
+
+    Returns RNNOutput(y, h_n, c_n, saved).
+    """
+    return _forward(_LSTM, x, weights, h0, c0, num_layers, bidirectional, batch_first, lengths,
+                    dropout, seed, proj_size, training, backend)
+
+
+def lstm_backward(saved, dy, dh_n=None, dc_n=None):
+    """Gradients of an LSTM forward run with training=True, given dL/dy (the shape of y) and
+    optionally dL/dh_n, dL/dc_n (None = zeros). Returns RNNGrads(dx, dh0, dc0, dweights)."""
+    return _backward(_LSTM, saved, dy, dh_n, dc_n)
+
+
+def gru_forward(x, weights, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
+                lengths=None, dropout=0.0, seed=None, training=False, backend=None,
+                linear_before_reset=True):
+    """GRU forward (gate order r, z, n). linear_before_reset=True is the cuDNN/PyTorch GRU,
+    n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn)); False resets before the matmul (ONNX default,
+    Keras reset_after=False), n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). weights: for each
+    layer and direction w_ih (3H, I_l), w_hh (3H, H), [b_ih, b_hh (3H,)]. Other arguments as
+    lstm_forward. Returns RNNOutput(y, h_n, None, saved)."""
+    cell = _GRU.get(_bool_option(linear_before_reset, "linear_before_reset"))
+    return _forward(cell, x, weights, h0, None, num_layers, bidirectional, batch_first, lengths,
+                    dropout, seed, 0, training, backend)
+
+
+def gru_backward(saved, dy, dh_n=None):
+    """Gradients of a GRU forward run with training=True. Returns RNNGrads(dx, dh0, None, dweights)."""
+    cell = saved.cell if isinstance(saved, _Saved) and saved.cell.name == "gru" else _GRU[True]
+    return _backward(cell, saved, dy, dh_n, None)
+
+
+def rnn_forward(x, weights, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
+                lengths=None, dropout=0.0, seed=None, training=False, backend=None,
+                nonlinearity="tanh"):
+    """Elman RNN forward, h' = act(W_ih x + b_ih + W_hh h + b_hh), act = nonlinearity ("tanh" or
+    "relu"). weights: for each layer and direction w_ih (H, I_l), w_hh (H, H), [b_ih, b_hh (H,)].
+    Other arguments as lstm_forward. Returns RNNOutput(y, h_n, None, saved)."""
+    if not isinstance(nonlinearity, str) or nonlinearity not in _RNN:
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    return _forward(_RNN[nonlinearity], x, weights, h0, None, num_layers, bidirectional,
+                    batch_first, lengths, dropout, seed, 0, training, backend)
+
+
+def rnn_backward(saved, dy, dh_n=None):
+    """Gradients of an RNN forward run with training=True. Returns RNNGrads(dx, dh0, None, dweights)."""
+    cell = saved.cell if isinstance(saved, _Saved) and saved.cell.name == "rnn" else _RNN["tanh"]
+    return _backward(cell, saved, dy, dh_n, None)

@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: MIT
+"""Which engines this installation has, and the choice between them.
+
+Imports the compiled extension defensively: a missing or broken `_core` means the NumPy
+reference is used (with one warning) and `backends()` says why; it never means a failed
+`import fastrnn`. Not here: argument handling (that is `_api.py`).
+"""
+
+import os
+import warnings
+
+try:
+    # scipy_openblas32 loads libscipy_openblas.so into the process; an editable install's
+    # extension finds it that way (a wheel's finds it through its RPATH as well).
+    import scipy_openblas32  # noqa: F401
+
+    from . import _core
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    _core = None
+    _core_error = f"{type(exc).__name__}: {exc}"
+else:
+    _core_error = None
+
+_NAMES = ("cpu", "cuda", "reference")
+_warned_fallback = False
+
+
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def set_num_threads(n):
+    """Set the number of threads the CPU engine uses (default: the cores available to this
+    process, or the environment variable FASTRNN_NUM_THREADS)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: expected an int n >= 1, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: expected n >= 1, got {n}")
+    if _core is not None:
+        _core.set_num_threads(n)
+
+
+def _threads_from_env():
+    value = os.environ.get("FASTRNN_NUM_THREADS")
+    if value is None:
+        return _available_cores()
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"FASTRNN_NUM_THREADS: expected an integer >= 1, got {value!r}")
+    return n
+
+
+if _core is not None:
+    set_num_threads(_threads_from_env())
+
+
+def backends():
+    """What this installation can run: {"cpu": {...}, "cuda": {...}, "reference": {...}}.
+
+    Each entry has "available". "cpu" also reports the pointwise kernels' instruction set
+    ("simd"), the BLAS ("blas") and the thread count ("threads"); "cuda" reports "compiled"
+    and "devices"; an unavailable engine says why under "reason".
+    """
+    if _core is not None:
+        cpu = {
+            "available": True,
+            "simd": _core.simd_level(),
+            "blas": _core.blas_info(),
+            "threads": _core.num_threads(),
+            "dtypes": ["float32", "float64"],
+        }
+    else:
+        cpu = {"available": False, "reason": _core_error}
+    return {
+        "cpu": cpu,
+        "cuda": {
+            "available": False,
+            "compiled": False,
+            "devices": [],
+            "reason": "this build has no CUDA path",
+        },
+        "reference": {"available": True, "dtypes": ["float32", "float64"]},
+    }
+
+
+def resolve(backend):
+    """The engine name to run for `backend` (None, "cpu", "cuda" or "reference")."""
+    global _warned_fallback
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend: expected None or one of {_NAMES}, got {type(backend).__name__}")
+    if backend is None:
+        if _core is not None:
+            return "cpu"
+        if not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(
+                f"fastrnn: the compiled engine is not available ({_core_error}); "
+                "using the NumPy reference, which is much slower",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return "reference"
+    if backend not in _NAMES:
+        raise ValueError(f"backend: expected None or one of {_NAMES}, got {backend!r}")
+    if backend == "cpu" and _core is None:
+        raise ValueError(f"backend: 'cpu' is not available in this installation ({_core_error})")
+    if backend == "cuda":
+        raise ValueError("backend: 'cuda' is not available: this build has no CUDA path")
+    return backend

@@ -1,0 +1,299 @@
+# SPDX-License-Identifier: MIT
+"""NumPy reference for fastrnn: forward and full BPTT backward of LSTM, GRU and Elman RNN.
+
+T = sequence length (time steps)   B = batch size        I = input size
+H = hidden size                    P = projection size (LSTM only; 0 = none, then the output size is H)
+G = gates per cell (LSTM 4: i,f,g,o · GRU 3: r,z,n · RNN 1)
+D = directions (1 or 2)            L = layers
+
+What this file is: the maths of DESIGN.md written out once, by hand, for a human to check line
+by line. It is the test oracle of the compiled kernels and the `backend="reference"` fallback of
+the public API. Each cell has a `*_forward(...) -> (..., cache)` and a `*_backward(..., cache)`.
+
+What it is not: fast, or a public entry point. It handles one layer and one direction per call
+(the caller stacks layers and directions), does not validate its arguments (the API layer
+does), and never writes into its inputs.
+
+Conventions shared by every cell:
+- Hout is the size of the hidden state that is output and fed back: P when P > 0, else H.
+- Time-major arrays; weights in the PyTorch/cuDNN layout (gate blocks stacked along axis 0).
+- Computation runs in the dtype of x; outputs have that dtype.
+- lengths (PackedSequence semantics): step t of sequence b is valid iff t < lengths[b]. A padded
+  step outputs y[t, b] = 0 and leaves the state unchanged; padded x and dy are never read (even
+  NaN there changes nothing) and the gradient for padded x is 0. Because the mask only depends on t, the same mask also gives the reverse
+  direction: walking t = T-1 .. 0, sequence b is frozen until t = lengths[b]-1, then runs down to
+  0, which is torch's reverse direction (y[t] stays aligned with x[t]).
+- Backward walks the steps in the opposite order, accumulating the gradients of the
+  pre-activations per step, then forms the weight gradients with one contraction over all T.
+"""
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def sigmoid(a):
+    # σ(a) = 1 / (1 + e^-a), written as exp(-log(1 + e^-a)) so a large |a| cannot overflow
+    return np.exp(-np.logaddexp(0, -a))  # same dtype as a
+
+
+def _lengths(lengths, T, B):
+    # None means every sequence has all T steps
+    return np.full(B, T) if lengths is None else np.asarray(lengths)  # B
+
+
+def _steps(T, reverse):
+    # the order in which forward visits the time steps; backward walks it backwards
+    return list(range(T - 1, -1, -1)) if reverse else list(range(T))
+
+
+def _zero_padding(x, lengths):
+    # padded x is never read, so even NaN there cannot reach an output or a gradient
+    T = x.shape[0]
+    valid = np.arange(T)[:, None] < lengths[None, :]  # T,B
+    return np.where(valid[:, :, None], x, 0)  # T,B,I
+
+
+def _bias(b, n, dt):
+    # a missing bias acts as zeros
+    return np.zeros(n, dt) if b is None else b  # n
+
+
+# ----------------------------------------------------------------------------------------------
+# LSTM (gate order i, f, g, o; optional projection)
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False, w_hr=None):
+    """x (T,B,I); w_ih (4H,I); w_hh (4H,Hout); b_ih, b_hh (4H,) or None; h0 (B,Hout); c0 (B,H);
+    lengths (B,) ints in [0,T] or None (= all T); w_hr (P,H) or None; Hout = P if w_hr is given else H.
+    Returns (y (T,B,Hout), h_n (B,Hout), c_n (B,H), cache)."""
+    dt = x.dtype
+    T, B, _ = x.shape
+    H = w_ih.shape[0] // 4
+    Hout = h0.shape[1]
+    lengths = _lengths(lengths, T, B)  # B
+    x = _zero_padding(x, lengths)  # T,B,I
+    xw = x @ w_ih.T + _bias(b_ih, 4 * H, dt)  # T,B,4H  input projection of all steps at once
+    b_hh_ = _bias(b_hh, 4 * H, dt)  # 4H
+    h = np.array(h0, dtype=dt)  # B,Hout  a copy: the caller's h0 is never written
+    c = np.array(c0, dtype=dt)  # B,H
+    y = np.zeros((T, B, Hout), dt)  # T,B,Hout
+    h_prev = np.zeros((T, B, Hout), dt)  # T,B,Hout  state entering step t
+    c_prev = np.zeros((T, B, H), dt)  # T,B,H
+    gates = np.zeros((T, B, 4 * H), dt)  # T,B,4H  activated i, f, g, o
+    tanh_c = np.zeros((T, B, H), dt)  # T,B,H  tanh(c')
+    for t in _steps(T, reverse):
+        m = (t < lengths)[:, None]  # B,1  valid step?
+        a = xw[t] + h @ w_hh.T + b_hh_  # B,4H  pre-activations
+        i = sigmoid(a[:, 0 * H:1 * H])  # B,H
+        f = sigmoid(a[:, 1 * H:2 * H])  # B,H
+        g = np.tanh(a[:, 2 * H:3 * H])  # B,H
+        o = sigmoid(a[:, 3 * H:4 * H])  # B,H
+        c_new = f * c + i * g  # B,H  c' = f⊙c + i⊙g
+        tc = np.tanh(c_new)  # B,H
+        h_new = o * tc  # B,H  h' = o⊙tanh(c')
+        if w_hr is not None:
+            h_new = h_new @ w_hr.T  # B,P  h' = W_hr(o⊙tanh(c'))
+        h_prev[t], c_prev[t] = h, c  # B,Hout and B,H
+        gates[t] = np.concatenate([i, f, g, o], axis=1)  # B,4H
+        tanh_c[t] = tc  # B,H
+        y[t] = np.where(m, h_new, 0)  # B,Hout  padded steps output 0
+        h = np.where(m, h_new, h)  # B,Hout  ... and keep their state
+        c = np.where(m, c_new, c)  # B,H
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, has_bias=b_ih is not None,
+                 lengths=lengths, reverse=reverse,
+                 h_prev=h_prev, c_prev=c_prev, gates=gates, tanh_c=tanh_c)
+    return y, h, c, cache
+
+
+def lstm_backward(dy, dh_n, dc_n, cache):
+    """dy (T,B,Hout); dh_n (B,Hout) or None (= zeros); dc_n (B,H) or None.
+    Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); db_* are None when the biases were None,
+    dw_hr None when there was no projection."""
+    x, w_ih, w_hh, w_hr = cache["x"], cache["w_ih"], cache["w_hh"], cache["w_hr"]
+    lengths = cache["lengths"]
+    dt = x.dtype
+    T, B, _ = x.shape
+    H = w_ih.shape[0] // 4
+    Hout = w_hh.shape[1]
+    dh = np.zeros((B, Hout), dt) if dh_n is None else np.array(dh_n, dtype=dt)  # B,Hout  dL/dh
+    dc = np.zeros((B, H), dt) if dc_n is None else np.array(dc_n, dtype=dt)  # B,H  dL/dc
+    da_all = np.zeros((T, B, 4 * H), dt)  # T,B,4H  dL/d(pre-activations)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr, dtype=dt)  # P,H
+    for t in reversed(_steps(T, cache["reverse"])):
+        m = (t < lengths)[:, None]  # B,1
+        gates = cache["gates"][t]  # B,4H
+        i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))  # B,H each
+        tc = cache["tanh_c"][t]  # B,H
+        dh_new = np.where(m, dh + dy[t], 0)  # B,Hout  a padded step passes dh through untouched
+        if w_hr is not None:
+            dw_hr += dh_new.T @ (o * tc)  # P,H
+            dm = dh_new @ w_hr  # B,H  dL/d(o⊙tanh(c'))
+        else:
+            dm = dh_new  # B,H
+        dc_new = np.where(m, dc, 0) + dm * o * (1 - tc**2)  # B,H  tanh'(c) = 1 − tanh²(c)
+        do = dm * tc  # B,H
+        di = dc_new * g  # B,H
+        df = dc_new * cache["c_prev"][t]  # B,H
+        dg = dc_new * i  # B,H
+        da = np.concatenate([di * i * (1 - i),  # σ'(a) = σ(1−σ)
+                             df * f * (1 - f),
+                             dg * (1 - g**2),  # tanh'(a) = 1 − tanh²
+                             do * o * (1 - o)], axis=1)  # B,4H
+        da_all[t] = da  # zero on padded rows, so they add nothing below
+        dh = np.where(m, da @ w_hh, dh)  # B,Hout
+        dc = np.where(m, dc_new * f, dc)  # B,H
+    dx = da_all @ w_ih  # T,B,I
+    dw_ih = np.einsum("tbg,tbi->gi", da_all, x)  # 4H,I
+    dw_hh = np.einsum("tbg,tbh->gh", da_all, cache["h_prev"])  # 4H,Hout
+    db = da_all.sum(axis=(0, 1)) if cache["has_bias"] else None  # 4H  b_ih and b_hh enter alike
+    db_ih, db_hh = (None, None) if db is None else (db, db.copy())
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+
+# ----------------------------------------------------------------------------------------------
+# GRU (gate order r, z, n; linear_before_reset selects where r is applied)
+
+
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, linear_before_reset=True):
+    """x (T,B,I); w_ih (3H,I); w_hh (3H,H); b_ih, b_hh (3H,) or None; h0 (B,H); lengths as LSTM.
+    linear_before_reset=True:  n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn))   (PyTorch/cuDNN)
+    linear_before_reset=False: n = tanh(W_in x + b_in + W_hn(r⊙h) + b_hn)    (ONNX default)
+    Returns (y (T,B,H), h_n (B,H), cache)."""
+    dt = x.dtype
+    T, B, _ = x.shape
+    H = w_ih.shape[0] // 3
+    lengths = _lengths(lengths, T, B)  # B
+    x = _zero_padding(x, lengths)  # T,B,I
+    xw = x @ w_ih.T + _bias(b_ih, 3 * H, dt)  # T,B,3H
+    b_hh_ = _bias(b_hh, 3 * H, dt)  # 3H
+    h = np.array(h0, dtype=dt)  # B,H
+    y = np.zeros((T, B, H), dt)  # T,B,H
+    h_prev = np.zeros((T, B, H), dt)  # T,B,H
+    gates = np.zeros((T, B, 3 * H), dt)  # T,B,3H  activated r, z, n
+    hn = np.zeros((T, B, H), dt)  # T,B,H  input of the n-gate's r: W_hn h + b_hn, or r⊙h
+    for t in _steps(T, reverse):
+        m = (t < lengths)[:, None]  # B,1
+        a_rz = xw[t, :, :2 * H] + h @ w_hh[:2 * H].T + b_hh_[:2 * H]  # B,2H
+        r = sigmoid(a_rz[:, :H])  # B,H
+        z = sigmoid(a_rz[:, H:])  # B,H
+        if linear_before_reset:
+            hn[t] = h @ w_hh[2 * H:].T + b_hh_[2 * H:]  # B,H  W_hn h + b_hn
+            n = np.tanh(xw[t, :, 2 * H:] + r * hn[t])  # B,H
+        else:
+            hn[t] = r * h  # B,H  r⊙h
+            n = np.tanh(xw[t, :, 2 * H:] + hn[t] @ w_hh[2 * H:].T + b_hh_[2 * H:])  # B,H
+        h_new = (1 - z) * n + z * h  # B,H  h' = (1−z)⊙n + z⊙h
+        h_prev[t] = h  # B,H
+        gates[t] = np.concatenate([r, z, n], axis=1)  # B,3H
+        y[t] = np.where(m, h_new, 0)  # B,H
+        h = np.where(m, h_new, h)  # B,H
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lengths=lengths,
+                 reverse=reverse, linear_before_reset=linear_before_reset,
+                 h_prev=h_prev, gates=gates, hn=hn)
+    return y, h, cache
+
+
+def gru_backward(dy, dh_n, cache):
+    """dy (T,B,H); dh_n (B,H) or None (= zeros).
+    Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); db_* are None when the biases were None."""
+    x, w_ih, w_hh = cache["x"], cache["w_ih"], cache["w_hh"]
+    lengths, lbr = cache["lengths"], cache["linear_before_reset"]
+    dt = x.dtype
+    T, B, _ = x.shape
+    H = w_ih.shape[0] // 3
+    dh = np.zeros((B, H), dt) if dh_n is None else np.array(dh_n, dtype=dt)  # B,H
+    dax_all = np.zeros((T, B, 3 * H), dt)  # T,B,3H  dL/d(W_ih x + b_ih)
+    dah_all = np.zeros((T, B, 3 * H), dt)  # T,B,3H  dL/d(recurrent pre-activations, see below)
+    for t in reversed(_steps(T, cache["reverse"])):
+        m = (t < lengths)[:, None]  # B,1
+        gates = cache["gates"][t]  # B,3H
+        r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))  # B,H each
+        h_prev, hn = cache["h_prev"][t], cache["hn"][t]  # B,H
+        dh_new = np.where(m, dh + dy[t], 0)  # B,H
+        dz = dh_new * (h_prev - n)  # B,H
+        dn = dh_new * (1 - z)  # B,H
+        da_n = dn * (1 - n**2)  # B,H  tanh'(a) = 1 − tanh²
+        if lbr:
+            dr = da_n * hn  # B,H  n-input is r⊙hn
+            dah_n = da_n * r  # B,H  dL/d(W_hn h + b_hn)
+            dh_via_n = dah_n @ w_hh[2 * H:]  # B,H
+        else:
+            drh = da_n @ w_hh[2 * H:]  # B,H  dL/d(r⊙h)
+            dr = drh * h_prev  # B,H
+            dah_n = da_n  # B,H  dL/d(W_hn(r⊙h) + b_hn)
+            dh_via_n = drh * r  # B,H
+        da_r = dr * r * (1 - r)  # B,H  σ'(a) = σ(1−σ)
+        da_z = dz * z * (1 - z)  # B,H
+        dax_all[t] = np.concatenate([da_r, da_z, da_n], axis=1)  # B,3H
+        dah_all[t] = np.concatenate([da_r, da_z, dah_n], axis=1)  # B,3H
+        dh_prev = dh_new * z + np.concatenate([da_r, da_z], axis=1) @ w_hh[:2 * H] + dh_via_n  # B,H
+        dh = np.where(m, dh_prev, dh)  # B,H
+    dx = dax_all @ w_ih  # T,B,I
+    dw_ih = np.einsum("tbg,tbi->gi", dax_all, x)  # 3H,I
+    # the r and z rows of w_hh multiply h; the n rows multiply h (lbr) or r⊙h (not lbr)
+    h_in_n = cache["h_prev"] if lbr else cache["hn"]  # T,B,H
+    dw_hh = np.concatenate([np.einsum("tbg,tbh->gh", dah_all[:, :, :2 * H], cache["h_prev"]),
+                            np.einsum("tbg,tbh->gh", dah_all[:, :, 2 * H:], h_in_n)])  # 3H,H
+    db_ih = dax_all.sum(axis=(0, 1)) if cache["has_bias"] else None  # 3H
+    db_hh = dah_all.sum(axis=(0, 1)) if cache["has_bias"] else None  # 3H
+    return dx, dh, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ----------------------------------------------------------------------------------------------
+# Elman RNN (one gate; tanh or relu)
+
+
+def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, nonlinearity="tanh"):
+    """x (T,B,I); w_ih (H,I); w_hh (H,H); b_ih, b_hh (H,) or None; h0 (B,H); lengths as LSTM;
+    nonlinearity "tanh" or "relu". Returns (y (T,B,H), h_n (B,H), cache)."""
+    dt = x.dtype
+    T, B, _ = x.shape
+    H = w_ih.shape[0]
+    lengths = _lengths(lengths, T, B)  # B
+    x = _zero_padding(x, lengths)  # T,B,I
+    xw = x @ w_ih.T + _bias(b_ih, H, dt)  # T,B,H
+    b_hh_ = _bias(b_hh, H, dt)  # H
+    h = np.array(h0, dtype=dt)  # B,H
+    y = np.zeros((T, B, H), dt)  # T,B,H
+    h_prev = np.zeros((T, B, H), dt)  # T,B,H
+    h_out = np.zeros((T, B, H), dt)  # T,B,H  act(a), also gives act'(a)
+    for t in _steps(T, reverse):
+        m = (t < lengths)[:, None]  # B,1
+        a = xw[t] + h @ w_hh.T + b_hh_  # B,H
+        h_new = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)  # B,H
+        h_prev[t], h_out[t] = h, h_new  # B,H each
+        y[t] = np.where(m, h_new, 0)  # B,H
+        h = np.where(m, h_new, h)  # B,H
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lengths=lengths,
+                 reverse=reverse, nonlinearity=nonlinearity, h_prev=h_prev, h_out=h_out)
+    return y, h, cache
+
+
+def rnn_backward(dy, dh_n, cache):
+    """dy (T,B,H); dh_n (B,H) or None (= zeros).
+    Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); db_* are None when the biases were None."""
+    x, w_ih, w_hh, lengths = cache["x"], cache["w_ih"], cache["w_hh"], cache["lengths"]
+    dt = x.dtype
+    T, B, _ = x.shape
+    H = w_ih.shape[0]
+    dh = np.zeros((B, H), dt) if dh_n is None else np.array(dh_n, dtype=dt)  # B,H
+    da_all = np.zeros((T, B, H), dt)  # T,B,H
+    for t in reversed(_steps(T, cache["reverse"])):
+        m = (t < lengths)[:, None]  # B,1
+        h_new = cache["h_out"][t]  # B,H
+        if cache["nonlinearity"] == "tanh":
+            dact = 1 - h_new**2  # B,H  tanh'(a) = 1 − tanh²
+        else:
+            dact = (h_new > 0).astype(dt)  # B,H  relu'(a) = [a > 0], 0 at a = 0 like torch
+        da = np.where(m, dh + dy[t], 0) * dact  # B,H
+        da_all[t] = da  # B,H
+        dh = np.where(m, da @ w_hh, dh)  # B,H
+    dx = da_all @ w_ih  # T,B,I
+    dw_ih = np.einsum("tbg,tbi->gi", da_all, x)  # H,I
+    dw_hh = np.einsum("tbg,tbh->gh", da_all, cache["h_prev"])  # H,H
+    db = da_all.sum(axis=(0, 1)) if cache["has_bias"] else None  # H
+    db_ih, db_hh = (None, None) if db is None else (db, db.copy())
+    return dx, dh, dw_ih, dw_hh, db_ih, db_hh

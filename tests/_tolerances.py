@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: MIT
+"""The one table of error budgets for fastrnn's tests, and the one comparison helper.
+
+Every check is per element, in llm.c's form: |actual - expected| <= atol + rtol * |expected|.
+A budget says why it has the size it has; tests import names from here, never literals.
+"""
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------
+# Finite differences on reference.py (float64, T=5 B=3 I=7 H=5 P=3, weights ~ U(-0.5, 0.5))
+
+# Central difference step. Its error is truncation h²·|L'''|/6 plus rounding ~eps·|L|/h, with
+# eps = 2.2e-16 and |L| ~ 1-10 here; h = 1e-5 balances them at ~1e-10 absolute, far below the
+# size of any real gradient bug (an error in one gate term moves a gradient by ~1e-2).
+FD_STEP = 1e-5
+# Measured over every element of all 48 cases of test_reference.py (numpy 2.4, x86-64): worst
+# |fd - analytic| 7e-10, worst relative error 3e-8 where |grad| > 1e-3, worst error/bound 0.009
+# (step 1e-4 gives 0.12, 1e-6 gives 0.07). rtol 1e-6 keeps >100x headroom and still fails a
+# single gradient scaled by (1 + 1e-5).
+FD_RTOL = 1e-6
+# Floor for gradients that are (nearly) zero, where the relative error means nothing: the FD
+# noise is ~1e-10 absolute, so 1e-8 is still 100x. Exact zeros (padded steps) must stay below it.
+FD_ATOL = 1e-8
+
+# ----------------------------------------------------------------------------------------------
+# Same maths, different summation order (float64): reference vs torch.nn on CPU, or a batch
+# row vs the same sequence run on its own. Both sides round at ~1e-16 per operation over a
+# few dozen operations, so 1e-10 relative (with a 1e-12 floor for near-zero values) is loose
+# enough to be robust to BLAS blocking and still catches any difference in the maths.
+# Measured: worst 2e-15 absolute (torch 2.13 CPU, and batch row vs alone) on values of size ~1.
+SAME_MATHS_F64_RTOL = 1e-10
+SAME_MATHS_F64_ATOL = 1e-12
+
+
+def assert_close(actual, expected, *, rtol, atol, name):
+    """Assert |actual - expected| <= atol + rtol*|expected| elementwise; print the max abs and
+    max rel difference first so a passing run also shows how much headroom is left."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != expected {expected.shape}"
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    scale = np.abs(expected.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(scale, np.finfo(np.float64).tiny)).max()) if diff.size else 0.0
+    print(f"{name}: max abs diff {max_abs:.3e}, max rel diff {max_rel:.3e} (rtol {rtol:g}, atol {atol:g})")
+    bad = diff > atol + rtol * scale
+    if bad.any():
+        idx = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {bad.size} elements outside atol {atol:g} + rtol {rtol:g}*|expected|; "
+            f"first at {idx}: actual {actual[idx]!r}, expected {expected[idx]!r}; "
+            f"max abs diff {max_abs:.3e}, max rel diff {max_rel:.3e}")
