@@ -48,22 +48,18 @@ inline void forward_padded_row(const StepFwd<T>& s, int64_t b) {
 // ---------------------------------------------------------------------------------------
 // Forward, one-phase cells (LSTM, GRU, RNN)
 // ---------------------------------------------------------------------------------------
+// The j loops live in functions whose pointers are __restrict parameters: GCC honours
+// restrict there (not on local variables), and without it the vectoriser gives up on the
+// alias checks between the gate-strided reads and the writes.
 template <class Cell, class T, bool kTraining, bool kWriteY>
-inline void forward_row(const StepFwd<T>& s, int64_t b) {
+inline void forward_row(int64_t H, const T* __restrict ax, const T* __restrict ah,
+                        const T* __restrict bi, const T* __restrict bh, const T* __restrict hp,
+                        const T* __restrict cp, T* __restrict h, T* __restrict c,
+                        T* __restrict y, T* __restrict sv) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  const int64_t H = s.H;
-  const T* __restrict ax = s.ax + b * G * H;
-  const T* __restrict ah = s.ah + b * G * H;
-  const T* __restrict bi = s.b_ih;
-  const T* __restrict bh = s.b_hh;
-  const T* __restrict hp = Cell::kReadsHPrev ? s.h_prev + b * H : nullptr;
-  const T* __restrict cp = Cell::kHasCellState ? s.c_prev + b * H : nullptr;
-  T* __restrict h = s.h + b * H;
-  T* __restrict c = Cell::kHasCellState ? s.c + b * H : nullptr;
-  T* __restrict y = kWriteY ? s.y + b * H : nullptr;
-  T* __restrict sv = kTraining ? s.saved + b * S * H : nullptr;
   for (int64_t j = 0; j < H; ++j) {
     T a_x[G], a_h[G], keep[S], hn, cn = T(0);
+    FASTRNN_UNROLL
     for (int g = 0; g < G; ++g) {
       a_x[g] = ax[g * H + j] + bi[g * H + j];
       a_h[g] = ah[g * H + j] + bh[g * H + j];
@@ -74,26 +70,61 @@ inline void forward_row(const StepFwd<T>& s, int64_t b) {
     if constexpr (kWriteY) y[j] = hn;
     if constexpr (Cell::kHasCellState) c[j] = cn;
     if constexpr (kTraining)
+      FASTRNN_UNROLL
       for (int k = 0; k < S; ++k) sv[k * H + j] = keep[k];
   }
 }
 
 template <class Cell, class T, bool kTraining>
 void forward_step(const StepFwd<T>& s) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int64_t H = s.H;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) {
       detail::forward_padded_row<Cell>(s, b);
-    } else if (s.y) {
-      forward_row<Cell, T, kTraining, true>(s, b);
-    } else {
-      forward_row<Cell, T, kTraining, false>(s, b);
+      continue;
     }
+    const T* hp = Cell::kReadsHPrev ? s.h_prev + b * H : nullptr;
+    const T* cp = Cell::kHasCellState ? s.c_prev + b * H : nullptr;
+    T* c = Cell::kHasCellState ? s.c + b * H : nullptr;
+    T* sv = kTraining ? s.saved + b * S * H : nullptr;
+    auto row = s.y ? &forward_row<Cell, T, kTraining, true> : &forward_row<Cell, T, kTraining, false>;
+    row(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh, hp, cp, s.h + b * H, c,
+        s.y ? s.y + b * H : nullptr, sv);
   }
 }
 
 // ---------------------------------------------------------------------------------------
 // Backward, one-phase cells
 // ---------------------------------------------------------------------------------------
+template <class Cell, class T, bool kProjected>
+inline void backward_row(int64_t H, const T* __restrict sv, const T* __restrict hp,
+                         const T* __restrict cp, const T* __restrict cc, const T* __restrict dy,
+                         const T* __restrict dhr, T* __restrict dh, T* __restrict hr,
+                         T* __restrict dc, T* __restrict dax, T* __restrict dah) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  for (int64_t j = 0; j < H; ++j) {
+    T keep[S], d_x[G], d_h[G], dh_prev = T(0);
+    FASTRNN_UNROLL
+    for (int k = 0; k < S; ++k) keep[k] = sv[k * H + j];
+    T dcj = Cell::kHasCellState ? dc[j] : T(0);
+    const T dht = kProjected ? dhr[j] : dh[j] + dy[j];
+    Cell::backward(keep, Cell::kReadsHPrev ? hp[j] : T(0), Cell::kHasCellState ? cp[j] : T(0),
+                   Cell::kHasCellState ? cc[j] : T(0), dht, dcj, d_x, d_h, dh_prev);
+    FASTRNN_UNROLL
+    for (int g = 0; g < G; ++g) dax[g * H + j] = d_x[g];
+    if constexpr (Cell::kSplitRecurrentGrad)
+      FASTRNN_UNROLL
+      for (int g = 0; g < G; ++g) dah[g * H + j] = d_h[g];
+    if constexpr (Cell::kHasCellState) dc[j] = dcj;
+    if constexpr (kProjected) {
+      if constexpr (Cell::kCanProject) hr[j] = Cell::raw_output(keep, cc[j]);
+    } else {
+      dh[j] = dh_prev;
+    }
+  }
+}
+
 template <class Cell, class T, bool kProjected>
 void backward_step(const StepBwd<T>& s) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
@@ -105,34 +136,14 @@ void backward_step(const StepBwd<T>& s) {
       if constexpr (kProjected) detail::zero(s.h_raw + b * H, H);
       continue;
     }
-    const T* __restrict sv = s.saved + b * S * H;
-    const T* __restrict hp = Cell::kReadsHPrev ? s.h_prev + b * H : nullptr;
-    const T* __restrict cp = Cell::kHasCellState ? s.c_prev + b * H : nullptr;
-    const T* __restrict cc = Cell::kHasCellState ? s.c + b * H : nullptr;
-    const T* __restrict dy = kProjected ? nullptr : s.dy + b * H;
-    const T* __restrict dhr = kProjected ? s.dh_raw + b * H : nullptr;
-    T* __restrict dh = kProjected ? nullptr : s.dh + b * H;
-    T* __restrict hr = kProjected ? s.h_raw + b * H : nullptr;
-    T* __restrict dc = Cell::kHasCellState ? s.dc + b * H : nullptr;
-    T* __restrict dax = s.dax + b * G * H;
-    T* __restrict dah = Cell::kSplitRecurrentGrad ? s.dah + b * G * H : nullptr;
-    for (int64_t j = 0; j < H; ++j) {
-      T keep[S], d_x[G], d_h[G], dh_prev = T(0);
-      for (int k = 0; k < S; ++k) keep[k] = sv[k * H + j];
-      T dcj = Cell::kHasCellState ? dc[j] : T(0);
-      const T dht = kProjected ? dhr[j] : dh[j] + dy[j];
-      Cell::backward(keep, Cell::kReadsHPrev ? hp[j] : T(0), Cell::kHasCellState ? cp[j] : T(0),
-                     Cell::kHasCellState ? cc[j] : T(0), dht, dcj, d_x, d_h, dh_prev);
-      for (int g = 0; g < G; ++g) dax[g * H + j] = d_x[g];
-      if constexpr (Cell::kSplitRecurrentGrad)
-        for (int g = 0; g < G; ++g) dah[g * H + j] = d_h[g];
-      if constexpr (Cell::kHasCellState) dc[j] = dcj;
-      if constexpr (kProjected) {
-        if constexpr (Cell::kCanProject) hr[j] = Cell::raw_output(keep, cc[j]);
-      } else {
-        dh[j] = dh_prev;
-      }
-    }
+    auto at = [b, H](auto* p) { return p ? p + b * H : nullptr; };
+    backward_row<Cell, T, kProjected>(
+        H, s.saved + b * S * H, Cell::kReadsHPrev ? at(s.h_prev) : nullptr,
+        Cell::kHasCellState ? at(s.c_prev) : nullptr, Cell::kHasCellState ? at(s.c) : nullptr,
+        kProjected ? nullptr : at(s.dy), kProjected ? at(s.dh_raw) : nullptr,
+        kProjected ? nullptr : at(s.dh), kProjected ? at(s.h_raw) : nullptr,
+        Cell::kHasCellState ? at(s.dc) : nullptr, s.dax + b * G * H,
+        Cell::kSplitRecurrentGrad ? s.dah + b * G * H : nullptr);
   }
 }
 
@@ -140,6 +151,44 @@ void backward_step(const StepBwd<T>& s) {
 // Two-phase cells (GRU, reset before the matmul). Phase 1 runs after the GEMM of rows
 // [0, 2H); phase 2 after the GEMM of the n rows on r⊙h. saved is always written.
 // ---------------------------------------------------------------------------------------
+template <class Cell, class T>
+inline void forward_gates_row(int64_t H, const T* __restrict ax, const T* __restrict ah,
+                              const T* __restrict bi, const T* __restrict bh,
+                              const T* __restrict hp, T* __restrict sv, T* __restrict rh) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  for (int64_t j = 0; j < H; ++j) {
+    T a_x[G], a_h[G], keep[S], rhj;
+    FASTRNN_UNROLL
+    for (int g = 0; g < 2; ++g) {
+      a_x[g] = ax[g * H + j] + bi[g * H + j];
+      a_h[g] = ah[g * H + j] + bh[g * H + j];
+    }
+    Cell::forward_gates(a_x, a_h, hp[j], keep, rhj);
+    sv[0 * H + j] = keep[0];
+    sv[1 * H + j] = keep[1];
+    rh[j] = rhj;
+  }
+}
+
+template <class Cell, class T>
+inline void forward_state_row(int64_t H, const T* __restrict ax, const T* __restrict ah,
+                              const T* __restrict bi, const T* __restrict bh,
+                              const T* __restrict hp, T* __restrict sv, T* __restrict h,
+                              T* __restrict y) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  for (int64_t j = 0; j < H; ++j) {
+    T a_x[G], a_h[G], keep[S], hn;
+    a_x[2] = ax[2 * H + j] + bi[2 * H + j];
+    a_h[2] = ah[2 * H + j] + bh[2 * H + j];
+    keep[0] = sv[0 * H + j];
+    keep[1] = sv[1 * H + j];
+    Cell::forward_state(a_x, a_h, hp[j], keep, hn);
+    sv[2 * H + j] = keep[2];
+    h[j] = hn;
+    y[j] = hn;
+  }
+}
+
 template <class Cell, class T>
 void forward_gates_step(const StepFwd<T>& s) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
@@ -149,24 +198,8 @@ void forward_gates_step(const StepFwd<T>& s) {
       detail::forward_padded_row<Cell>(s, b);
       continue;
     }
-    const T* __restrict ax = s.ax + b * G * H;
-    const T* __restrict ah = s.ah + b * G * H;
-    const T* __restrict bi = s.b_ih;
-    const T* __restrict bh = s.b_hh;
-    const T* __restrict hp = s.h_prev + b * H;
-    T* __restrict sv = s.saved + b * S * H;
-    T* __restrict rh = s.rh + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      T a_x[G], a_h[G], keep[S], rhj;
-      for (int g = 0; g < 2; ++g) {
-        a_x[g] = ax[g * H + j] + bi[g * H + j];
-        a_h[g] = ah[g * H + j] + bh[g * H + j];
-      }
-      Cell::forward_gates(a_x, a_h, hp[j], keep, rhj);
-      sv[0 * H + j] = keep[0];
-      sv[1 * H + j] = keep[1];
-      rh[j] = rhj;
-    }
+    forward_gates_row<Cell, T>(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh,
+                               s.h_prev + b * H, s.saved + b * S * H, s.rh + b * H);
   }
 }
 
@@ -176,25 +209,38 @@ void forward_state_step(const StepFwd<T>& s) {
   const int64_t H = s.H;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) continue;  // handled by the gates pass
-    const T* __restrict ax = s.ax + b * G * H;
-    const T* __restrict ah = s.ah + b * G * H;
-    const T* __restrict bi = s.b_ih;
-    const T* __restrict bh = s.b_hh;
-    const T* __restrict hp = s.h_prev + b * H;
-    T* __restrict sv = s.saved + b * S * H;
-    T* __restrict h = s.h + b * H;
-    T* __restrict y = s.y + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      T a_x[G], a_h[G], keep[S], hn;
-      a_x[2] = ax[2 * H + j] + bi[2 * H + j];
-      a_h[2] = ah[2 * H + j] + bh[2 * H + j];
-      keep[0] = sv[0 * H + j];
-      keep[1] = sv[1 * H + j];
-      Cell::forward_state(a_x, a_h, hp[j], keep, hn);
-      sv[2 * H + j] = keep[2];
-      h[j] = hn;
-      y[j] = hn;
-    }
+    forward_state_row<Cell, T>(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh,
+                               s.h_prev + b * H, s.saved + b * S * H, s.h + b * H, s.y + b * H);
+  }
+}
+
+template <class Cell, class T>
+inline void backward_state_row(int64_t H, const T* __restrict sv, const T* __restrict hp,
+                               const T* __restrict dy, T* __restrict dh, T* __restrict dax) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  for (int64_t j = 0; j < H; ++j) {
+    T keep[S], d_x[G], dh_prev;
+    FASTRNN_UNROLL
+    for (int k = 0; k < S; ++k) keep[k] = sv[k * H + j];
+    Cell::backward_state(keep, hp[j], dh[j] + dy[j], d_x, dh_prev);
+    dax[1 * H + j] = d_x[1];
+    dax[2 * H + j] = d_x[2];
+    dh[j] = dh_prev;
+  }
+}
+
+template <class Cell, class T>
+inline void backward_gates_row(int64_t H, const T* __restrict sv, const T* __restrict hp,
+                               const T* __restrict drh, T* __restrict dh, T* __restrict dax,
+                               T* __restrict rh) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  for (int64_t j = 0; j < H; ++j) {
+    T keep[S], d_x[G], dhj = dh[j], rhj;
+    keep[0] = sv[0 * H + j];
+    Cell::backward_gates(keep, hp[j], drh[j], d_x, dhj, rhj);
+    dax[0 * H + j] = d_x[0];
+    dh[j] = dhj;
+    rh[j] = rhj;
   }
 }
 
@@ -208,19 +254,8 @@ void backward_state_step(const StepBwd<T>& s) {
       detail::zero(s.rh + b * H, H);
       continue;
     }
-    const T* __restrict sv = s.saved + b * S * H;
-    const T* __restrict hp = s.h_prev + b * H;
-    const T* __restrict dy = s.dy + b * H;
-    T* __restrict dh = s.dh + b * H;
-    T* __restrict dax = s.dax + b * G * H;
-    for (int64_t j = 0; j < H; ++j) {
-      T keep[S], d_x[G], dh_prev;
-      for (int k = 0; k < S; ++k) keep[k] = sv[k * H + j];
-      Cell::backward_state(keep, hp[j], dh[j] + dy[j], d_x, dh_prev);
-      dax[1 * H + j] = d_x[1];
-      dax[2 * H + j] = d_x[2];
-      dh[j] = dh_prev;
-    }
+    backward_state_row<Cell, T>(H, s.saved + b * S * H, s.h_prev + b * H, s.dy + b * H,
+                                s.dh + b * H, s.dax + b * G * H);
   }
 }
 
@@ -230,20 +265,8 @@ void backward_gates_step(const StepBwd<T>& s) {
   const int64_t H = s.H;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) continue;  // zeroed by the state pass
-    const T* __restrict sv = s.saved + b * S * H;
-    const T* __restrict hp = s.h_prev + b * H;
-    const T* __restrict drh = s.drh + b * H;
-    T* __restrict dh = s.dh + b * H;
-    T* __restrict dax = s.dax + b * G * H;
-    T* __restrict rh = s.rh + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      T keep[S], d_x[G], dhj = dh[j], rhj;
-      keep[0] = sv[0 * H + j];
-      Cell::backward_gates(keep, hp[j], drh[j], d_x, dhj, rhj);
-      dax[0 * H + j] = d_x[0];
-      dh[j] = dhj;
-      rh[j] = rhj;
-    }
+    backward_gates_row<Cell, T>(H, s.saved + b * S * H, s.h_prev + b * H, s.drh + b * H,
+                                s.dh + b * H, s.dax + b * G * H, s.rh + b * H);
   }
 }
 

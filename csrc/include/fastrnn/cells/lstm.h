@@ -41,6 +41,7 @@ struct Lstm {
     dax[1] = dct * c_prev * dsigmoid_from_output(f);
     dax[2] = dct * i * dtanh_from_output(g);
     dax[3] = dh * tc * dsigmoid_from_output(o);
+    FASTRNN_UNROLL
     for (int k = 0; k < kGates; ++k) dah[k] = dax[k];
     dc = dct * f;
     dh_prev = T(0);
