@@ -51,3 +51,16 @@ def assert_close(actual, expected, *, rtol, atol, name):
             f"{name}: {int(bad.sum())} of {bad.size} elements outside atol {atol:g} + rtol {rtol:g}*|expected|; "
             f"first at {idx}: actual {actual[idx]!r}, expected {expected[idx]!r}; "
             f"max abs diff {max_abs:.3e}, max rel diff {max_rel:.3e}")
+
+# ----------------------------------------------------------------------------------------------
+# float32 kernels (flash-attention's rule): the max error of a float32 kernel against the
+# float64 reference must stay within FACTOR x the max error of the float32 reference (numpy,
+# same maths, correctly rounded exp/tanh) against the same float64 reference, plus a floor.
+# Measured (test_engine.py, 2 layers x 2 directions, T=30 B=9 I=37 H=45): worst forward ratio
+# 1.84, worst gradient ratio 2.57; the engine's activations are within 1.5e-7 relative of the
+# correctly rounded ones (csrc/include/fastrnn/activations.h), so the extra error is theirs plus
+# a different summation order in the GEMMs.
+F32_FACTOR_FORWARD = 2.0
+F32_FACTOR_BACKWARD = 3.0
+# Floor for outputs whose float32 reference error happens to be ~0 (exact zeros, padding).
+F32_ATOL_FLOOR = 1e-6

@@ -1,0 +1,313 @@
+# SPDX-License-Identifier: MIT
+"""The compiled CPU engine against the NumPy reference, and against torch.nn when installed.
+
+- float64: every cell and variant × layers × directions × lengths × biases, forward outputs,
+  final states and every gradient within SAME_MATHS_F64 of the reference;
+- float32: the engine's error against a float64 reference stays within a small multiple of the
+  float32 reference's own error (STYLE 16), at sizes that exercise vector remainders;
+- every fast path: batch 1, odd sizes, lengths including 0, threads 1/2/3;
+- torch.nn.LSTM/GRU/RNN parity of the functional API (multi-layer, bidirectional, projection,
+  PackedSequence lengths), outputs and gradients.
+"""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from _tolerances import (F32_ATOL_FLOOR, F32_FACTOR_BACKWARD, F32_FACTOR_FORWARD,
+                         SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close)
+
+pytestmark = pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"],
+                                reason="compiled CPU engine not built")
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# (cell, keyword arguments of the forward call)
+VARIANTS = [
+    ("lstm", {}),
+    ("lstm", {"proj_size": 4}),
+    ("gru", {}),
+    ("gru", {"linear_before_reset": False}),
+    ("rnn", {"nonlinearity": "tanh"}),
+    ("rnn", {"nonlinearity": "relu"}),
+]
+VARIANT_IDS = ["lstm", "lstm_proj", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu"]
+
+
+def make_problem(cell, kw, T, B, I, H, *, L=1, D=1, bias=True, dtype=np.float64, seed=0):
+    """Random inputs of one forward call: (x, weights, h0, c0, dy, dh_n, dc_n)."""
+    rng = np.random.default_rng(seed)
+    G, P = GATES[cell], kw.get("proj_size", 0)
+    Hout = P or H
+    scale = 1.0 / np.sqrt(H)
+
+    def u(*shape, s=1.0):
+        return (rng.uniform(-s, s, shape)).astype(dtype)
+
+    weights = []
+    for layer in range(L):
+        I_l = I if layer == 0 else D * Hout
+        for _ in range(D):
+            weights += [u(G * H, I_l, s=scale), u(G * H, Hout, s=scale)]
+            if bias:
+                weights += [u(G * H, s=scale), u(G * H, s=scale)]
+            if P:
+                weights += [u(P, H, s=scale)]
+    x = u(T, B, I)
+    h0 = u(L * D, B, Hout, s=0.5)
+    c0 = u(L * D, B, H, s=0.5) if cell == "lstm" else None
+    dy = u(T, B, D * Hout)
+    dh_n = u(L * D, B, Hout)
+    dc_n = u(L * D, B, H) if cell == "lstm" else None
+    return x, weights, h0, c0, dy, dh_n, dc_n
+
+
+def run(cell, kw, problem, backend, *, lengths=None, L=1, D=1, dtype=None):
+    """Forward (training) + backward; returns a dict name -> array of everything produced."""
+    x, weights, h0, c0, dy, dh_n, dc_n = problem
+    if dtype is not None:
+        cast = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
+        x, h0, c0, dy, dh_n, dc_n = map(cast, (x, h0, c0, dy, dh_n, dc_n))
+        weights = [w.astype(dtype) for w in weights]
+    fwd = getattr(fastrnn, f"{cell}_forward")
+    bwd = getattr(fastrnn, f"{cell}_backward")
+    state = (h0, c0) if cell == "lstm" else (h0,)
+    out = fwd(x, weights, *state, num_layers=L, bidirectional=D == 2, lengths=lengths,
+              training=True, backend=backend, **kw)
+    grads = bwd(out.saved, dy, dh_n, dc_n) if cell == "lstm" else bwd(out.saved, dy, dh_n)
+    res = {"y": out.y, "h_n": out.h_n, "dx": grads.dx, "dh0": grads.dh0}
+    if cell == "lstm":
+        res.update(c_n=out.c_n, dc0=grads.dc0)
+    res.update({f"dweights[{k}]": g for k, g in enumerate(grads.dweights)})
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# float64: same maths as the reference
+
+
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("L,D", [(1, 1), (1, 2), (2, 1), (3, 2)], ids=["1x1", "1x2", "2x1", "3x2"])
+@pytest.mark.parametrize("lengths", [None, [7, 0, 3, 1, 7]], ids=["full", "lengths"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_float64_matches_reference(cell, kw, L, D, lengths, bias):
+    problem = make_problem(cell, kw, T=7, B=5, I=9, H=11, L=L, D=D, bias=bias)
+    got = run(cell, kw, problem, "cpu", lengths=lengths, L=L, D=D)
+    want = run(cell, kw, problem, "reference", lengths=lengths, L=L, D=D)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].dtype == np.float64
+        assert_close(got[name], want[name], rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL,
+                     name=name)
+
+
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (9, 1, 5, 13), (3, 17, 3, 33), (12, 4, 40, 64)])
+def test_float64_shapes(cell, kw, T, B, I, H):
+    """Batch 1, single steps and hidden sizes around the vector width (remainder loops)."""
+    kw = dict(kw)
+    if kw.get("proj_size", 0) >= H:
+        kw["proj_size"] = max(H - 1, 0)
+        if not kw["proj_size"]:
+            del kw["proj_size"]
+    problem = make_problem(cell, kw, T, B, I, H, D=2)
+    lengths = np.random.default_rng(3).integers(0, T + 1, B)
+    for lens in (None, lengths):
+        got = run(cell, kw, problem, "cpu", lengths=lens, D=2)
+        want = run(cell, kw, problem, "reference", lengths=lens, D=2)
+        for name in want:
+            assert_close(got[name], want[name], rtol=SAME_MATHS_F64_RTOL,
+                         atol=SAME_MATHS_F64_ATOL, name=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_give_reference_results(threads):
+    before = fastrnn.backends()["cpu"]["threads"]
+    try:
+        fastrnn.set_num_threads(threads)
+        assert fastrnn.backends()["cpu"]["threads"] == threads
+        for cell, kw in VARIANTS:
+            problem = make_problem(cell, kw, T=20, B=24, I=32, H=48, D=2)
+            got = run(cell, kw, problem, "cpu", D=2)
+            want = run(cell, kw, problem, "reference", D=2)
+            for name in want:
+                assert_close(got[name], want[name], rtol=SAME_MATHS_F64_RTOL,
+                             atol=SAME_MATHS_F64_ATOL, name=f"{cell} {name}")
+    finally:
+        fastrnn.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------
+# float32: no worse than a float32 implementation of the same maths, measured
+
+
+def max_err(a, ref64):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - ref64))) if ref64.size else 0.0
+
+
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("lengths", [None, "random"])
+def test_float32_error_within_naive_budget(cell, kw, lengths):
+    T, B, I, H = 30, 9, 37, 45  # H not a multiple of 8: vector bodies and remainders both run
+    problem = make_problem(cell, kw, T, B, I, H, L=2, D=2)
+    lens = None if lengths is None else np.random.default_rng(5).integers(0, T + 1, B)
+    exact = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2)  # float64 oracle
+    naive = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2, dtype=np.float32)
+    got = run(cell, kw, problem, "cpu", lengths=lens, L=2, D=2, dtype=np.float32)
+    for name, ref in exact.items():
+        assert got[name].dtype == np.float32
+        budget = F32_FACTOR_FORWARD if name in ("y", "h_n", "c_n") else F32_FACTOR_BACKWARD
+        e_got, e_naive = max_err(got[name], ref), max_err(naive[name], ref)
+        print(f"{name}: kernel {e_got:.2e}, float32 reference {e_naive:.2e}")
+        assert e_got <= budget * e_naive + F32_ATOL_FLOOR, (
+            f"{name}: float32 kernel error {e_got:.3e} > {budget} x float32 reference error "
+            f"{e_naive:.3e} + {F32_ATOL_FLOOR:g}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Special values and edge cases
+
+
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_propagate_like_the_reference(cell, kw, dtype):
+    x, weights, h0, c0, dy, dh_n, dc_n = make_problem(cell, kw, T=4, B=4, I=3, H=9, dtype=dtype)
+    x[1, 0, 0] = np.nan
+    x[2, 1, :] = np.inf
+    x[0, 2, :] = -np.inf
+    x[3, 3, :] = 1e30  # saturation, no overflow
+    problem = (x, weights, h0, c0, dy, dh_n, dc_n)
+    with np.errstate(all="ignore"):  # the reference itself may meet inf - inf on the way
+        got = run(cell, kw, problem, "cpu")
+        want = run(cell, kw, problem, "reference")
+    for name in ("y", "h_n", "c_n"):
+        if name in want:
+            np.testing.assert_array_equal(np.isnan(got[name]), np.isnan(want[name]), err_msg=name)
+            finite = np.isfinite(want[name])
+            np.testing.assert_array_equal(np.isfinite(got[name]), finite, err_msg=name)
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(got[name][finite], want[name][finite], rtol=tol, atol=tol,
+                                       err_msg=name)
+
+
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+def test_padding_is_never_read(cell, kw):
+    """NaN in padded x and dy reaches no output and no gradient (PackedSequence semantics)."""
+    x, weights, h0, c0, dy, dh_n, dc_n = make_problem(cell, kw, T=6, B=3, I=5, H=7, D=2)
+    lengths = np.array([6, 0, 2])
+    for b, n in enumerate(lengths):
+        x[n:, b] = np.nan
+        dy[n:, b] = np.nan
+    got = run(cell, kw, (x, weights, h0, c0, dy, dh_n, dc_n), "cpu", lengths=lengths, D=2)
+    for name, value in got.items():
+        assert not np.isnan(value).any(), name
+    for b, n in enumerate(lengths):
+        assert (got["y"][n:, b] == 0).all()
+        assert (got["dx"][n:, b] == 0).all()
+
+
+def test_zero_lengths_keep_state_exactly():
+    x, weights, h0, c0, dy, dh_n, dc_n = make_problem("lstm", {}, T=5, B=2, I=3, H=4, D=2)
+    out = fastrnn.lstm_forward(x, weights, h0, c0, bidirectional=True, lengths=[0, 0],
+                               training=True, backend="cpu")
+    np.testing.assert_array_equal(out.y, 0)
+    np.testing.assert_array_equal(out.h_n, h0)
+    np.testing.assert_array_equal(out.c_n, c0)
+    g = fastrnn.lstm_backward(out.saved, dy, dh_n, dc_n)
+    np.testing.assert_array_equal(g.dh0, dh_n)
+    np.testing.assert_array_equal(g.dc0, dc_n)
+    np.testing.assert_array_equal(g.dx, 0)
+    for dw in g.dweights:
+        np.testing.assert_array_equal(dw, 0)
+
+
+def test_inference_and_training_forward_agree_bitwise():
+    """training=True only adds the reserve; it must not change a single output bit."""
+    for cell, kw in VARIANTS:
+        x, weights, h0, c0, *_ = make_problem(cell, kw, T=11, B=6, I=8, H=16, L=2, D=2,
+                                              dtype=np.float32)
+        lengths = [11, 3, 0, 7, 1, 11]
+        fwd = getattr(fastrnn, f"{cell}_forward")
+        state = (h0, c0) if cell == "lstm" else (h0,)
+        a = fwd(x, weights, *state, num_layers=2, bidirectional=True, lengths=lengths, **kw)
+        b = fwd(x, weights, *state, num_layers=2, bidirectional=True, lengths=lengths,
+                training=True, **kw)
+        np.testing.assert_array_equal(a.y, b.y)
+        np.testing.assert_array_equal(a.h_n, b.h_n)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.nn parity of the functional API
+
+
+def _torch_module(torch, cell, kw, I, H, L, D, bias):
+    if cell == "lstm":
+        return torch.nn.LSTM(I, H, L, bias=bias, bidirectional=D == 2,
+                             proj_size=kw.get("proj_size", 0), dtype=torch.float64)
+    if cell == "gru":
+        return torch.nn.GRU(I, H, L, bias=bias, bidirectional=D == 2, dtype=torch.float64)
+    return torch.nn.RNN(I, H, L, nonlinearity=kw["nonlinearity"], bias=bias,
+                        bidirectional=D == 2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("cell,kw", [v for v in VARIANTS if v[1] != {"linear_before_reset": False}],
+                         ids=[i for i in VARIANT_IDS if i != "gru_reset_before"])
+@pytest.mark.parametrize("L,D", [(1, 1), (2, 2)], ids=["1x1", "2x2"])
+@pytest.mark.parametrize("lengths", [None, [6, 2, 5, 1]], ids=["full", "packed"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_torch_parity(cell, kw, L, D, lengths, bias):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    T, B, I, H = 6, 4, 5, 7
+    mod = _torch_module(torch, cell, kw, I, H, L, D, bias)
+    weights = [w.detach().numpy().copy() for w in mod._flat_weights]
+    Hout = kw.get("proj_size", 0) or H
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((L * D, B, Hout))
+    c0 = rng.standard_normal((L * D, B, H))
+    dy = rng.standard_normal((T, B, D * Hout))
+    dh_n = rng.standard_normal((L * D, B, Hout))
+    dc_n = rng.standard_normal((L * D, B, H))
+    if lengths is not None:
+        for b, n in enumerate(lengths):
+            dy[n:, b] = 0  # torch's padded output is 0 and carries no gradient either
+
+    # torch side
+    xt = torch.tensor(x, requires_grad=True)
+    h0t = torch.tensor(h0, requires_grad=True)
+    c0t = torch.tensor(c0, requires_grad=True)
+    inp = xt if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(
+        xt, torch.tensor(lengths), enforce_sorted=False)
+    if cell == "lstm":
+        out_t, (hn_t, cn_t) = mod(inp, (h0t, c0t))
+    else:
+        out_t, hn_t = mod(inp, h0t)
+    if lengths is not None:
+        out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out_t, total_length=T)
+    loss = (out_t * torch.tensor(dy)).sum() + (hn_t * torch.tensor(dh_n)).sum()
+    if cell == "lstm":
+        loss = loss + (cn_t * torch.tensor(dc_n)).sum()
+    loss.backward()
+
+    # fastrnn side
+    fwd = getattr(fastrnn, f"{cell}_forward")
+    bwd = getattr(fastrnn, f"{cell}_backward")
+    opts = dict(num_layers=L, bidirectional=D == 2, lengths=lengths, training=True, backend="cpu")
+    if cell == "lstm":
+        out = fwd(x, weights, h0, c0, proj_size=kw.get("proj_size", 0), **opts)
+        g = bwd(out.saved, dy, dh_n, dc_n)
+    else:
+        out = fwd(x, weights, h0, **{k: v for k, v in kw.items()}, **opts)
+        g = bwd(out.saved, dy, dh_n)
+
+    tol = dict(rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL)
+    assert_close(out.y, out_t.detach().numpy(), name="y", **tol)
+    assert_close(out.h_n, hn_t.detach().numpy(), name="h_n", **tol)
+    assert_close(g.dx, xt.grad.numpy(), name="dx", **tol)
+    assert_close(g.dh0, h0t.grad.numpy(), name="dh0", **tol)
+    if cell == "lstm":
+        assert_close(out.c_n, cn_t.detach().numpy(), name="c_n", **tol)
+        assert_close(g.dc0, c0t.grad.numpy(), name="dc0", **tol)
+    assert len(g.dweights) == len(mod._flat_weights)
+    for name, dw, w in zip(mod._flat_weights_names, g.dweights, mod._flat_weights):
+        assert_close(dw, w.grad.numpy(), name=name, **tol)
