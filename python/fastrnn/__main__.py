@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: MIT
+"""`python -m fastrnn info | check | bench`.
+
+info   what this installation has (fastrnn.backends())
+check  the compiled engine against the NumPy reference on random problems, every cell and
+       variant, float64 and float32, forward and backward: a table of max errors and times;
+       exits 1 if any error is outside its budget
+bench  the benchmark behind fastrnn's speed claims (see fastrnn/_bench.py)
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from . import _api, _backends, _bench
+
+# (label, cell, keyword arguments)
+VARIANTS = [
+    ("lstm", "lstm", {}),
+    ("lstm proj", "lstm", {"proj_size": 32}),
+    ("gru", "gru", {}),
+    ("gru reset-before", "gru", {"linear_before_reset": False}),
+    ("rnn tanh", "rnn", {"nonlinearity": "tanh"}),
+    ("rnn relu", "rnn", {"nonlinearity": "relu"}),
+]
+# float64: same maths, different summation order (see tests/_tolerances.py).
+F64_RTOL = 1e-10
+# float32: within 3x the float32 reference's own error against float64, plus a floor.
+F32_FACTOR, F32_FLOOR = 3.0, 1e-6
+
+
+def _problem(cell, kw, T, B, I, H, L, D, rng):
+    G, P = _bench.GATES[cell], kw.get("proj_size", 0)
+    Hout = P or H
+    k = 1 / np.sqrt(H)
+    weights = []
+    for layer in range(L):
+        I_l = I if layer == 0 else D * Hout
+        for _ in range(D):
+            weights += [rng.uniform(-k, k, s) for s in [(G * H, I_l), (G * H, Hout), (G * H,), (G * H,)]]
+            weights += [rng.uniform(-k, k, (P, H))] if P else []
+    x = rng.standard_normal((T, B, I))
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    dy = rng.standard_normal((T, B, D * Hout))
+    return x, weights, lengths, dy
+
+
+def _run(cell, kw, x, weights, lengths, dy, L, D, backend, dtype):
+    fwd = getattr(_api, f"{cell}_forward")
+    bwd = getattr(_api, f"{cell}_backward")
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    weights = [w.astype(dtype) for w in weights]
+    t0 = time.perf_counter()
+    out = fwd(x, weights, num_layers=L, bidirectional=D == 2, lengths=lengths, training=True,
+              backend=backend, **kw)
+    grads = bwd(out.saved, dy)
+    elapsed = time.perf_counter() - t0
+    arrays = [out.y, out.h_n, grads.dx, grads.dh0] + list(grads.dweights)
+    if out.c_n is not None:
+        arrays += [out.c_n, grads.dc0]
+    return arrays, elapsed
+
+
+def _max_err(arrays, exact):
+    return max(float(np.max(np.abs(a.astype(np.float64) - e), initial=0.0)) for a, e in zip(arrays, exact))
+
+
+def check(T=24, B=12, I=40, H=64, L=2, D=2, seed=0, out=sys.stdout):
+    """Compare the compiled engine with the reference; returns True when all pass."""
+    info = _backends.backends()["cpu"]
+    if not info["available"]:
+        print(f"fastrnn check: the compiled engine is not available: {info.get('reason')}", file=out)
+        return False
+    rng = np.random.default_rng(seed)
+    print(f"fastrnn check: compiled CPU engine ({info['simd']}, {info['threads']} thread(s)) vs "
+          f"NumPy reference; T={T} B={B} I={I} H={H}, {L} layers x {D} directions, random "
+          f"lengths, forward + backward, max |error| over every output and gradient", file=out)
+    head = (f"{'cell':17} {'dtype':8} {'max error':>10} {'budget':>10} {'engine ms':>10} "
+            f"{'reference ms':>13} {'speedup':>8}  ok")
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    all_ok = True
+    for label, cell, kw in VARIANTS:
+        x, weights, lengths, dy = _problem(cell, kw, T, B, I, H, L, D, rng)
+        exact, _ = _run(cell, kw, x, weights, lengths, dy, L, D, "reference", np.float64)
+        scale = max(float(np.max(np.abs(e), initial=0.0)) for e in exact)
+        for dtype in (np.float64, np.float32):
+            got, t_engine = _run(cell, kw, x, weights, lengths, dy, L, D, "cpu", dtype)
+            naive, t_ref = _run(cell, kw, x, weights, lengths, dy, L, D, "reference", dtype)
+            err = _max_err(got, exact)
+            if dtype == np.float64:
+                budget = F64_RTOL * max(scale, 1.0)
+            else:
+                budget = F32_FACTOR * _max_err(naive, exact) + F32_FLOOR
+            ok = err <= budget
+            all_ok &= ok
+            print(f"{label:17} {np.dtype(dtype).name:8} {err:10.2e} {budget:10.2e} "
+                  f"{1e3 * t_engine:10.2f} {1e3 * t_ref:13.2f} {t_ref / t_engine:7.1f}x  "
+                  f"{'yes' if ok else 'NO'}", file=out)
+    print("all within budget" if all_ok else "SOME ERRORS OUTSIDE BUDGET", file=out)
+    return all_ok
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m fastrnn",
+                                 description="fastrnn: fused LSTM/GRU/RNN kernels.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="what this installation has (backends, SIMD, BLAS, threads)")
+    pc = sub.add_parser("check", help="compiled engine vs the NumPy reference: max errors and times")
+    pc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    pc.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    sub.add_parser("bench", help="benchmark against the reference and torch.nn (see bench --help)",
+                   add_help=False)
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "bench":
+        return _bench.main(rest)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "info":
+        print(json.dumps(_backends.backends(), indent=2))
+        return 0
+    if args.threads is not None:
+        _backends.set_num_threads(args.threads)
+    return 0 if check(seed=args.seed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
