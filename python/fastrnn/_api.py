@@ -175,9 +175,10 @@ def _lengths_array(lengths, T, B):
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _split_weights(weights, cell, L, D, proj_size, I, dtype):
+def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy):
     """Check the flat torch-order weight list; return per (layer, direction) tuples
-    (w_ih, w_hh, b_ih, b_hh, w_hr) of dense arrays (None where absent), H and has_bias."""
+    (w_ih, w_hh, b_ih, b_hh, w_hr) of dense arrays (None where absent), H and has_bias.
+    copy=True returns arrays that never share memory with the caller's."""
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(
             f"weights: expected a list or tuple of arrays in torch _flat_weights order, "
@@ -219,7 +220,8 @@ def _split_weights(weights, cell, L, D, proj_size, I, dtype):
             for k, nm in enumerate(names):
                 where = f"weights[{base + k}] ({nm} of layer {layer}{', reverse' if d else ''})"
                 _expect_shape(arrays[base + k], shapes[nm], where)
-                got[nm] = np.ascontiguousarray(arrays[base + k])
+                a = arrays[base + k]
+                got[nm] = np.array(a, order="C", copy=True) if copy else np.ascontiguousarray(a)
             layers.append(tuple(got.get(nm) for nm in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")))
     return layers, H, has_bias
 
@@ -299,7 +301,7 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
     if batch_first:
         xs = xs.transpose(1, 0, 2)
     T, B, I = xs.shape
-    layers, H, has_bias = _split_weights(weights, cell, L, D, proj_size, I, dtype)
+    layers, H, has_bias = _split_weights(weights, cell, L, D, proj_size, I, dtype, copy=training)
     Hout = proj_size if proj_size > 0 else H
     lengths = _lengths_array(lengths, T, B)
 
@@ -316,7 +318,11 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
             _expect_shape(c0, (L * D, B, H), "c0")
 
     rng = np.random.default_rng(seed) if training and dropout > 0 and L > 1 else None
-    inp = np.ascontiguousarray(xs)
+    # When training, saved must own what backward reads: the caller may change x or a weight
+    # in place between forward and backward (torch catches that with version counters; NumPy
+    # cannot), so layer 0's input and the weights are copied (once: the copy is also the dense
+    # layout the engines need). Later layers' inputs are already ours.
+    inp = np.array(xs, order="C", copy=True) if training else np.ascontiguousarray(xs)
     h_n, c_n, layer_saved, masks = [], [], [], []
     for layer in range(L):
         outs = []

@@ -6,6 +6,7 @@ reference is used (with one warning) and `backends()` says why; it never means a
 `import fastrnn`. Not here: argument handling (that is `_api.py`).
 """
 
+import numbers
 import os
 import warnings
 
@@ -35,12 +36,12 @@ def _available_cores():
 def set_num_threads(n):
     """Set the number of threads the CPU engine uses (default: the cores available to this
     process, or the environment variable FASTRNN_NUM_THREADS)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"set_num_threads: expected an int n >= 1, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads: expected n >= 1, got {n}")
     if _core is not None:
-        _core.set_num_threads(n)
+        _core.set_num_threads(int(n))
 
 
 def _threads_from_env():
