@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 // bindings.cpp — pybind11 module fastrnn._core: dense arrays in, new arrays out, the GIL
-// released around every kernel. No defaults, no layouts, no maths: python/fastrnn/_api.py
+// released around every kernel. One forward and one backward per call for a whole stack of
+// layers and directions. No defaults, no layouts, no maths: python/fastrnn/_api.py
 // decides all of that and hands over C-contiguous arrays of one dtype. The shape checks here
 // only keep a direct caller of _core from reading out of bounds.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,61 +38,86 @@ void expect_shape(const Arr<T>& a, std::vector<int64_t> dims, const char* name) 
 template <class T>
 const T* opt_ptr(const std::optional<Arr<T>>& a) { return a ? a->data() : nullptr; }
 
-struct Common {  // what forward and backward both receive
+// The flat weight list in torch _flat_weights order → one RnnWeights per layer-direction,
+// checking every shape (Python has already; this keeps direct callers of _core in bounds).
+template <class T>
+std::vector<RnnWeights<T>> split_weights(const std::vector<Arr<T>>& flat, bool bias,
+                                         const RnnShape& s, int G, int L, int D) {
+  const size_t per = 2 + (bias ? 2 : 0) + (s.P > 0 ? 1 : 0);
+  if (flat.size() != per * size_t(L) * size_t(D))
+    throw std::invalid_argument("weights: expected " + std::to_string(per * L * D) +
+                                " arrays, got " + std::to_string(flat.size()));
+  const int64_t GH = G * s.H, Ho = s.hout();
+  std::vector<RnnWeights<T>> w(size_t(L) * D);
+  for (int l = 0; l < L; ++l)
+    for (int d = 0; d < D; ++d) {
+      const size_t k = size_t(l) * D + d, base = k * per;
+      const int64_t I_l = l == 0 ? s.I : D * Ho;
+      expect_shape(flat[base], {GH, I_l}, "w_ih");
+      expect_shape(flat[base + 1], {GH, Ho}, "w_hh");
+      w[k].w_ih = flat[base].data();
+      w[k].w_hh = flat[base + 1].data();
+      if (bias) {
+        expect_shape(flat[base + 2], {GH}, "b_ih");
+        expect_shape(flat[base + 3], {GH}, "b_hh");
+        w[k].b_ih = flat[base + 2].data();
+        w[k].b_hh = flat[base + 3].data();
+      }
+      if (s.P > 0) {
+        expect_shape(flat[base + per - 1], {s.P, s.H}, "w_hr");
+        w[k].w_hr = flat[base + per - 1].data();
+      }
+    }
+  return w;
+}
+
+struct Config {  // the arguments forward and backward share, checked once
+  CellKind cell;
   RnnShape shape;
-  int G = 0;
+  int L, D, G;
+  bool bias, has_c;
 };
 
 template <class T>
-Common check_common(CellKind cell, const Arr<T>& x, const Arr<T>& w_ih, const Arr<T>& w_hh,
-                    const std::optional<Arr<T>>& b_ih, const std::optional<Arr<T>>& b_hh,
-                    const std::optional<Arr<T>>& w_hr, const std::optional<Arr<int64_t>>& lengths) {
-  Common c;
-  c.G = gate_count(cell);
+Config make_config(int cell_id, const Arr<T>& x, int64_t H, int64_t P, int L, int D, bool bias,
+                   const std::optional<Arr<int64_t>>& lengths) {
+  Config c{CellKind(cell_id), {}, L, D, 0, bias, CellKind(cell_id) == CellKind::kLstm};
+  c.G = gate_count(c.cell);
   if (x.ndim() != 3) throw std::invalid_argument("x: expected 3 dimensions (T, B, I)");
-  if (w_ih.ndim() != 2 || w_ih.shape(0) % c.G != 0)
-    throw std::invalid_argument("w_ih: expected shape (G*H, I)");
-  c.shape.T = x.shape(0);
-  c.shape.B = x.shape(1);
-  c.shape.I = x.shape(2);
-  c.shape.H = w_ih.shape(0) / c.G;
-  c.shape.P = w_hr ? w_hr->shape(0) : 0;
-  const int64_t GH = c.G * c.shape.H;
-  expect_shape(w_ih, {GH, c.shape.I}, "w_ih");
-  expect_shape(w_hh, {GH, c.shape.hout()}, "w_hh");
-  if (bool(b_ih) != bool(b_hh)) throw std::invalid_argument("b_ih, b_hh: give both or neither");
-  if (b_ih) expect_shape(*b_ih, {GH}, "b_ih");
-  if (b_hh) expect_shape(*b_hh, {GH}, "b_hh");
-  if (w_hr) expect_shape(*w_hr, {c.shape.P, c.shape.H}, "w_hr");
+  if (L < 1 || (D != 1 && D != 2)) throw std::invalid_argument("num_layers/directions out of range");
+  c.shape = RnnShape{x.shape(0), x.shape(1), x.shape(2), H, P};
   if (lengths) expect_shape(*lengths, {c.shape.B}, "lengths");
   return c;
 }
 
 template <class T>
-py::tuple forward(int cell_id, Arr<T> x, Arr<T> w_ih, Arr<T> w_hh, std::optional<Arr<T>> b_ih,
-                  std::optional<Arr<T>> b_hh, std::optional<Arr<T>> w_hr, Arr<T> h0,
-                  std::optional<Arr<T>> c0, std::optional<Arr<int64_t>> lengths, bool reverse,
-                  bool training) {
-  const auto cell = CellKind(cell_id);
-  const Common c = check_common(cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
+py::tuple forward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H, int64_t P,
+                  bool bias, Arr<T> h0, std::optional<Arr<T>> c0,
+                  std::optional<Arr<int64_t>> lengths, int L, int D, double dropout,
+                  uint64_t seed, bool training) {
+  const Config c = make_config(cell_id, x, H, P, L, D, bias, lengths);
   const RnnShape& s = c.shape;
-  const bool has_c = cell == CellKind::kLstm;
-  expect_shape(h0, {s.B, s.hout()}, "h0");
-  if (has_c != bool(c0)) throw std::invalid_argument("c0: expected only for LSTM");
-  if (c0) expect_shape(*c0, {s.B, s.H}, "c0");
+  const int64_t LD = int64_t(L) * D;
+  const auto w = split_weights(weights, bias, s, c.G, L, D);
+  expect_shape(h0, {LD, s.B, s.hout()}, "h0");
+  if (c.has_c != bool(c0)) throw std::invalid_argument("c0: expected only for LSTM");
+  if (c0) expect_shape(*c0, {LD, s.B, s.H}, "c0");
 
-  Arr<T> y({s.T, s.B, s.hout()}), h_n({s.B, s.hout()});
+  Arr<T> y({s.T, s.B, D * s.hout()}), h_n({LD, s.B, s.hout()});
   std::optional<Arr<T>> c_n, reserve;
-  if (has_c) c_n = Arr<T>({s.B, s.H});
-  if (training) reserve = Arr<T>({reserve_elements(cell, s)});
+  if (c.has_c) c_n = Arr<T>({LD, s.B, s.H});
+  if (training) reserve = Arr<T>({stack_reserve_elements(c.cell, s, L, D)});
 
-  ForwardParams<T> p;
-  p.cell = cell;
+  StackForwardParams<T> p;
+  p.cell = c.cell;
   p.shape = s;
-  p.reverse = reverse;
+  p.L = L;
+  p.D = D;
+  p.dropout = dropout;
+  p.seed = seed;
   p.lengths = lengths ? lengths->data() : nullptr;
   p.x = x.data();
-  p.w = {w_ih.data(), w_hh.data(), opt_ptr(b_ih), opt_ptr(b_hh), opt_ptr(w_hr)};
+  p.w = w.data();
   p.h0 = h0.data();
   p.c0 = opt_ptr(c0);
   p.y = y.mutable_data();
@@ -99,42 +126,52 @@ py::tuple forward(int cell_id, Arr<T> x, Arr<T> w_ih, Arr<T> w_hh, std::optional
   p.reserve = reserve ? reserve->mutable_data() : nullptr;
   {
     py::gil_scoped_release release;
-    cpu::forward<T>(p);
+    cpu::forward_stack<T>(p);
   }
   return py::make_tuple(y, h_n, c_n ? py::object(*c_n) : py::none(),
                         reserve ? py::object(*reserve) : py::none());
 }
 
 template <class T>
-py::tuple backward(int cell_id, Arr<T> x, Arr<T> w_ih, Arr<T> w_hh, std::optional<Arr<T>> b_ih,
-                   std::optional<Arr<T>> b_hh, std::optional<Arr<T>> w_hr, Arr<T> reserve,
-                   std::optional<Arr<int64_t>> lengths, bool reverse, Arr<T> dy,
-                   std::optional<Arr<T>> dh_n, std::optional<Arr<T>> dc_n) {
-  const auto cell = CellKind(cell_id);
-  const Common c = check_common(cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
+py::tuple backward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H, int64_t P,
+                   bool bias, Arr<T> reserve, std::optional<Arr<int64_t>> lengths, int L, int D,
+                   double dropout, uint64_t seed, Arr<T> dy, std::optional<Arr<T>> dh_n,
+                   std::optional<Arr<T>> dc_n) {
+  const Config c = make_config(cell_id, x, H, P, L, D, bias, lengths);
   const RnnShape& s = c.shape;
-  const bool has_c = cell == CellKind::kLstm;
-  expect_shape(reserve, {reserve_elements(cell, s)}, "saved");
-  expect_shape(dy, {s.T, s.B, s.hout()}, "dy");
-  if (dh_n) expect_shape(*dh_n, {s.B, s.hout()}, "dh_n");
-  if (dc_n && !has_c) throw std::invalid_argument("dc_n: expected only for LSTM");
-  if (dc_n) expect_shape(*dc_n, {s.B, s.H}, "dc_n");
+  const int64_t LD = int64_t(L) * D;
+  const auto w = split_weights(weights, bias, s, c.G, L, D);
+  expect_shape(reserve, {stack_reserve_elements(c.cell, s, L, D)}, "saved");
+  expect_shape(dy, {s.T, s.B, D * s.hout()}, "dy");
+  if (dh_n) expect_shape(*dh_n, {LD, s.B, s.hout()}, "dh_n");
+  if (dc_n && !c.has_c) throw std::invalid_argument("dc_n: expected only for LSTM");
+  if (dc_n) expect_shape(*dc_n, {LD, s.B, s.H}, "dc_n");
 
-  Arr<T> dx({s.T, s.B, s.I}), dh0({s.B, s.hout()});
-  Arr<T> dw_ih({c.G * s.H, s.I}), dw_hh({c.G * s.H, s.hout()});
-  std::optional<Arr<T>> dc0, db_ih, db_hh, dw_hr;
-  if (has_c) dc0 = Arr<T>({s.B, s.H});
-  if (b_ih) db_ih = Arr<T>({c.G * s.H});
-  if (b_hh) db_hh = Arr<T>({c.G * s.H});
-  if (w_hr) dw_hr = Arr<T>({s.P, s.H});
+  Arr<T> dx({s.T, s.B, s.I}), dh0({LD, s.B, s.hout()});
+  std::optional<Arr<T>> dc0;
+  if (c.has_c) dc0 = Arr<T>({LD, s.B, s.H});
+  std::vector<Arr<T>> dflat;  // same order and shapes as `weights`
+  for (const auto& a : weights) {
+    std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+    dflat.emplace_back(shape);
+  }
+  auto dw_views = split_weights(dflat, bias, s, c.G, L, D);  // pointers into dflat
+  std::vector<RnnWeightGrads<T>> dw(dw_views.size());
+  for (size_t k = 0; k < dw.size(); ++k)
+    dw[k] = {const_cast<T*>(dw_views[k].w_ih), const_cast<T*>(dw_views[k].w_hh),
+             const_cast<T*>(dw_views[k].b_ih), const_cast<T*>(dw_views[k].b_hh),
+             const_cast<T*>(dw_views[k].w_hr)};
 
-  BackwardParams<T> p;
-  p.cell = cell;
+  StackBackwardParams<T> p;
+  p.cell = c.cell;
   p.shape = s;
-  p.reverse = reverse;
+  p.L = L;
+  p.D = D;
+  p.dropout = dropout;
+  p.seed = seed;
   p.lengths = lengths ? lengths->data() : nullptr;
   p.x = x.data();
-  p.w = {w_ih.data(), w_hh.data(), opt_ptr(b_ih), opt_ptr(b_hh), opt_ptr(w_hr)};
+  p.w = w.data();
   p.reserve = reserve.data();
   p.dy = dy.data();
   p.dh_n = opt_ptr(dh_n);
@@ -142,14 +179,14 @@ py::tuple backward(int cell_id, Arr<T> x, Arr<T> w_ih, Arr<T> w_hh, std::optiona
   p.dx = dx.mutable_data();
   p.dh0 = dh0.mutable_data();
   p.dc0 = dc0 ? dc0->mutable_data() : nullptr;
-  p.dw = {dw_ih.mutable_data(), dw_hh.mutable_data(), db_ih ? db_ih->mutable_data() : nullptr,
-          db_hh ? db_hh->mutable_data() : nullptr, dw_hr ? dw_hr->mutable_data() : nullptr};
+  p.dw = dw.data();
   {
     py::gil_scoped_release release;
-    cpu::backward<T>(p);
+    cpu::backward_stack<T>(p);
   }
-  auto obj = [](const std::optional<Arr<T>>& a) { return a ? py::object(*a) : py::none(); };
-  return py::make_tuple(dx, dh0, obj(dc0), dw_ih, dw_hh, obj(db_ih), obj(db_hh), obj(dw_hr));
+  py::list dlist;
+  for (auto& a : dflat) dlist.append(a);
+  return py::make_tuple(dx, dh0, dc0 ? py::object(*dc0) : py::none(), dlist);
 }
 
 }  // namespace
@@ -168,8 +205,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("forward", &forward<double>);
   m.def("backward", &backward<float>);
   m.def("backward", &backward<double>);
-  m.def("reserve_elements", [](int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P) {
-    return reserve_elements(CellKind(cell), RnnShape{T, B, I, H, P});
+  m.def("reserve_elements", [](int cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                               int L, int D) {
+    return stack_reserve_elements(CellKind(cell), RnnShape{T, B, I, H, P}, L, D);
   });
   m.def("simd_level", &cpu::simd_level);
   m.def("blas_info", &cpu::blas_info);

@@ -311,3 +311,55 @@ def test_torch_parity(cell, kw, L, D, lengths, bias):
     assert len(g.dweights) == len(mod._flat_weights)
     for name, dw, w in zip(mod._flat_weights_names, g.dweights, mod._flat_weights):
         assert_close(dw, w.grad.numpy(), name=name, **tol)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout between layers
+
+
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_dropout_matches_reference(cell, kw, p):
+    """Both engines draw the same masks from (seed, layer, element), so training with dropout
+    is compared exactly like training without, gradients included."""
+    x, weights, h0, c0, dy, dh_n, dc_n = make_problem(cell, kw, T=6, B=4, I=5, H=9, L=3, D=2)
+    fwd = getattr(fastrnn, f"{cell}_forward")
+    bwd = getattr(fastrnn, f"{cell}_backward")
+    state = (h0, c0) if cell == "lstm" else (h0,)
+    res = {}
+    for backend in ("cpu", "reference"):
+        out = fwd(x, weights, *state, num_layers=3, bidirectional=True, dropout=p, seed=1234,
+                  lengths=[6, 2, 0, 5], training=True, backend=backend, **kw)
+        g = bwd(out.saved, dy, dh_n, dc_n) if cell == "lstm" else bwd(out.saved, dy, dh_n)
+        res[backend] = [out.y, out.h_n, g.dx, g.dh0, *g.dweights]
+    for k, (a, b) in enumerate(zip(res["cpu"], res["reference"])):
+        assert_close(a, b, rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL, name=f"output {k}")
+
+
+def test_dropout_masks_are_reproducible_and_scaled():
+    rng = np.random.default_rng(0)
+    T, B, I, H = 40, 16, 8, 32
+    x = rng.standard_normal((T, B, I))
+    weights = [rng.uniform(-0.3, 0.3, s) for s in [(H, I), (H, H), (H,), (H,)] * 2]
+    weights[4] = rng.uniform(-0.3, 0.3, (H, H))  # layer 1 reads H features
+
+    def two_layer_output(seed, p, training=True):
+        # the mask acts on layer 0's output, the input of layer 1: it shows in y
+        return fastrnn.rnn_forward(x, weights, num_layers=2, dropout=p, seed=seed,
+                                   training=training, backend="cpu").y
+
+    a, b, c = two_layer_output(7, 0.5), two_layer_output(7, 0.5), two_layer_output(8, 0.5)
+    np.testing.assert_array_equal(a, b)  # same seed, same masks, same result
+    assert not np.array_equal(a, c)  # another seed, other masks
+    np.testing.assert_array_equal(two_layer_output(7, 0.5, training=False),
+                                  two_layer_output(8, 0.0, training=False))  # no dropout unless training
+
+    from fastrnn import reference
+    for p in (0.1, 0.5, 0.9):
+        mask = reference.dropout_mask(3, 0, (T, B, 64), p, np.float64)
+        kept = mask != 0
+        # kept fraction within 5 standard deviations of 1 - p; kept values scaled by 1/(1-p)
+        n = kept.size
+        assert abs(kept.mean() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)
+        np.testing.assert_allclose(mask[kept], 1 / (1 - p))
+        assert abs(mask.mean() - 1.0) < 5 * np.sqrt(p / (1 - p) / n)  # expectation preserved

@@ -3,6 +3,9 @@
 // It owns the GEMMs, the time loop and its direction, length masking, the training reserve
 // and the scratch memory; the cells own the maths (cells/*.h) and cpu/pointwise.h applies it.
 //
+// Layers and directions: forward_stack/backward_stack run the layer-directions in turn, the
+// directions of a layer writing side by side into one buffer, dropout between layers.
+//
 // Forward, per call: the input projection W_ih·x for a chunk of time steps as one GEMM, then
 // per step one recurrent GEMM (two for two-phase cells, plus W_hr for a projection) and one
 // fused pointwise pass. Backward, per step: one pointwise pass and one GEMM for dh; after the
@@ -20,6 +23,7 @@
 #include "fastrnn/cells/gru.h"
 #include "fastrnn/cells/lstm.h"
 #include "fastrnn/cells/rnn.h"
+#include "fastrnn/dropout.h"
 #include "fastrnn/platform.h"
 
 namespace fastrnn {
@@ -49,6 +53,10 @@ int64_t reserve_elements(CellKind cell, const RnnShape& shape) {
     using Cell = decltype(c);
     return ReserveLayout::make(shape, Cell::kSaved, Cell::kHasCellState).total;
   });
+}
+
+int64_t stack_reserve_elements(CellKind cell, const RnnShape& s, int L, int D) {
+  return int64_t(L) * D * reserve_elements(cell, s) + int64_t(L - 1) * s.T * s.B * D * s.hout();
 }
 
 namespace cpu {
@@ -117,6 +125,7 @@ void forward_cell(const ForwardParams<T>& p) {
   const RnnShape& s = p.shape;
   check_shape(s, p.lengths, Cell::kCanProject);
   const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, Ho = s.hout(), GH = G * H;
+  const int64_t ldx = p.ldx ? p.ldx : I, ldy = p.ldy ? p.ldy : Ho;
   const bool training = p.reserve != nullptr;
   const bool projected = P > 0;
   const int rev = p.reverse ? 1 : 0;
@@ -156,8 +165,8 @@ void forward_cell(const ForwardParams<T>& p) {
     if (t < chunk_lo || t >= chunk_hi) {
       chunk_lo = rev ? std::max<int64_t>(0, t + 1 - Tc) : t;
       chunk_hi = rev ? t + 1 : std::min(T_, t + Tc);
-      gemm<T>(false, true, (chunk_hi - chunk_lo) * B, GH, I, T(1), p.x + chunk_lo * B * I, I,
-              p.w.w_ih, I, T(0), ax.get(), GH);
+      gemm<T>(false, true, (chunk_hi - chunk_lo) * B, GH, I, T(1), p.x + chunk_lo * B * ldx,
+              ldx, p.w.w_ih, I, T(0), ax.get(), GH);
     }
     const T* h_prev = training ? h_at(t + rev) : h_at(n);
     T* h_next = training ? h_at(t + 1 - rev) : h_at(n + 1);
@@ -180,7 +189,8 @@ void forward_cell(const ForwardParams<T>& p) {
     if constexpr (Cell::kResetBeforeMatmul) {
       st.h_prev = h_prev;
       st.h = h_next;
-      st.y = p.y + t * B * Ho;
+      st.y = p.y + t * B * ldy;
+      st.y_ld = ldy;
       st.rh = rh.get();
       gemm<T>(false, true, B, 2 * H, Ho, T(1), h_prev, Ho, p.w.w_hh, Ho, T(0), ah.get(), GH);
       k.forward_gates(st);
@@ -193,19 +203,20 @@ void forward_cell(const ForwardParams<T>& p) {
       if (!projected) {
         st.h_prev = h_prev;
         st.h = h_next;
-        st.y = p.y + t * B * Ho;
+        st.y = p.y + t * B * ldy;
+        st.y_ld = ldy;
       } else {
         st.h = h_raw.get();  // padded rows are settled below, after W_hr
       }
       (training ? k.forward_train : k.forward_infer)(st);
       if (projected) {
         gemm<T>(false, true, B, P, H, T(1), h_raw.get(), H, p.w.w_hr, H, T(0), h_proj.get(), P);
-        T* y = p.y + t * B * Ho;
+        T* y = p.y + t * B * ldy;
         for (int64_t b = 0; b < B; ++b) {
           const bool on = !p.lengths || active[b];
           copy_n(h_next + b * P, on ? h_proj.get() + b * P : h_prev + b * P, P);
-          if (on) copy_n(y + b * P, h_proj.get() + b * P, P);
-          else std::memset(y + b * P, 0, sizeof(T) * size_t(P));
+          if (on) copy_n(y + b * ldy, h_proj.get() + b * P, P);
+          else std::memset(y + b * ldy, 0, sizeof(T) * size_t(P));
         }
       }
     }
@@ -224,6 +235,7 @@ void backward_cell(const BackwardParams<T>& p) {
   check_shape(s, p.lengths, Cell::kCanProject);
   const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, Ho = s.hout(), GH = G * H;
   const int64_t TB = T_ * B;
+  const int64_t ldx = p.ldx ? p.ldx : I, lddy = p.lddy ? p.lddy : Ho;
   const bool projected = P > 0;
   const int rev = p.reverse ? 1 : 0;
   const CellKernels<T>& k = kernels_for<T>(p.cell);
@@ -267,7 +279,8 @@ void backward_cell(const BackwardParams<T>& p) {
     st.active = p.lengths ? active.get() : nullptr;
 
     if constexpr (Cell::kResetBeforeMatmul) {
-      st.dy = p.dy + t * B * H;
+      st.dy = p.dy + t * B * lddy;
+      st.dy_ld = lddy;
       st.dh = dh.get();
       st.rh = rh.get() + t * B * H;
       st.drh = drh.get();
@@ -283,14 +296,14 @@ void backward_cell(const BackwardParams<T>& p) {
       // dL/dh_out = carried dh + dy on active rows; there the carried dh is used up (it is
       // rebuilt by the GEMM below), on padded rows it passes through unchanged.
       T* dho = d_hout.get() + t * B * P;
-      const T* dy = p.dy + t * B * P;
+      const T* dy = p.dy + t * B * lddy;
       for (int64_t b = 0; b < B; ++b) {
         T* dhb = dh.get() + b * P;
         if (p.lengths && !active[b]) {
           std::memset(dho + b * P, 0, sizeof(T) * size_t(P));
           continue;
         }
-        for (int64_t j = 0; j < P; ++j) dho[b * P + j] = dhb[j] + dy[b * P + j];
+        for (int64_t j = 0; j < P; ++j) dho[b * P + j] = dhb[j] + dy[b * lddy + j];
         std::memset(dhb, 0, sizeof(T) * size_t(P));
       }
       gemm<T>(false, false, B, H, P, T(1), dho, P, p.w.w_hr, H, T(0), dh_raw.get(), H);
@@ -298,7 +311,8 @@ void backward_cell(const BackwardParams<T>& p) {
       st.h_raw = h_raw.get() + t * B * H;
       k.backward_projected(st);
     } else {
-      st.dy = p.dy + t * B * H;
+      st.dy = p.dy + t * B * lddy;
+      st.dy_ld = lddy;
       st.dh = dh.get();
       k.backward(st);
     }
@@ -308,21 +322,24 @@ void backward_cell(const BackwardParams<T>& p) {
   if constexpr (Cell::kHasCellState) copy_n(p.dc0, dc.get(), B * H);
 
   // Deferred over all T·B rows: dx, dW_ih, dW_hh, dW_hr, biases.
-  gemm<T>(false, false, TB, I, GH, T(1), dax.get(), GH, p.w.w_ih, I, T(0), p.dx, I);
+  gemm<T>(false, false, TB, I, GH, T(1), dax.get(), GH, p.w.w_ih, I,
+          p.accumulate_dx ? T(1) : T(0), p.dx, ldx);
   // dW_ih must not see padded steps of x even as 0·x: padding may hold NaN or inf, which
   // torch's PackedSequence never reads either. With lengths, those rows are zeroed in a copy.
   const T* x_valid = p.x;
+  int64_t ld_valid = ldx;
   auto x_masked = scratch<T>(p.lengths ? TB * I : 0);
   if (p.lengths) {
     for (int64_t t = 0; t < T_; ++t)
       for (int64_t b = 0; b < B; ++b) {
         T* row = x_masked.get() + (t * B + b) * I;
-        if (t < p.lengths[b]) copy_n(row, p.x + (t * B + b) * I, I);
+        if (t < p.lengths[b]) copy_n(row, p.x + (t * B + b) * ldx, I);
         else std::memset(row, 0, sizeof(T) * size_t(I));
       }
     x_valid = x_masked.get();
+    ld_valid = I;
   }
-  gemm<T>(true, false, GH, I, TB, T(1), dax.get(), GH, x_valid, I, T(0), p.dw.w_ih, I);
+  gemm<T>(true, false, GH, I, TB, T(1), dax.get(), GH, x_valid, ld_valid, T(0), p.dw.w_ih, I);
   const T* h_prev_all = h_hist + rev * B * Ho;  // [T*B, Ho], row t*B+b = state before step t
   if constexpr (Cell::kResetBeforeMatmul) {
     gemm<T>(true, false, 2 * H, H, TB, T(1), dax.get(), GH, h_prev_all, H, T(0), p.dw.w_hh, H);
@@ -337,7 +354,116 @@ void backward_cell(const BackwardParams<T>& p) {
     gemm<T>(true, false, P, H, TB, T(1), d_hout.get(), P, h_raw.get(), H, T(0), p.dw.w_hr, H);
 }
 
+// ---------------------------------------------------------------------------------------
+// Layers and directions
+// ---------------------------------------------------------------------------------------
+void check_stack(int L, int D, double dropout) {
+  FASTRNN_CHECK(L >= 1, "num_layers: expected >= 1, got ", L);
+  FASTRNN_CHECK(D == 1 || D == 2, "directions: expected 1 or 2, got ", D);
+  FASTRNN_CHECK(dropout >= 0.0 && dropout <= 1.0, "dropout: expected a value in [0, 1], got ",
+                dropout);
+}
+
+// Inverted dropout in place on a layer's [T, B, D*Hout] output (see dropout.h).
+template <class T>
+void apply_dropout(T* a, int64_t n, double p, uint64_t seed, int layer) {
+  const uint32_t threshold = dropout_threshold(p);
+  const T scale = p < 1.0 ? T(1.0 / (1.0 - p)) : T(0);
+  for (int64_t i = 0; i < n; ++i)
+    a[i] = dropout_bits(seed, layer, i) >= threshold ? a[i] * scale : T(0);
+}
+
 }  // namespace
+
+template <class T>
+void forward(const ForwardParams<T>& p);
+template <class T>
+void backward(const BackwardParams<T>& p);
+
+template <class T>
+void forward_stack(const StackForwardParams<T>& p) {
+  check_stack(p.L, p.D, p.dropout);
+  const RnnShape& s = p.shape;
+  const int L = p.L, D = p.D;
+  const int64_t B = s.B, H = s.H, Ho = s.hout(), DH = D * Ho, TBDH = s.T * B * DH;
+  const bool training = p.reserve != nullptr;
+  const bool drop = training && p.dropout > 0.0;
+  const int64_t R = reserve_elements(p.cell, s);
+  T* inputs = training ? p.reserve + int64_t(L) * D * R : nullptr;  // layers 1..L-1
+  auto between = scratch<T>(!training && L > 1 ? 2 * TBDH : 0);      // inference: in turn
+
+  const T* in = p.x;
+  int64_t ld_in = s.I;
+  for (int l = 0; l < L; ++l) {
+    T* out = l == L - 1 ? p.y : training ? inputs + l * TBDH : between.get() + (l & 1) * TBDH;
+    for (int d = 0; d < D; ++d) {
+      const int64_t k = int64_t(l) * D + d;
+      ForwardParams<T> f;
+      f.cell = p.cell;
+      f.shape = s;
+      f.shape.I = l == 0 ? s.I : DH;
+      f.reverse = d == 1;
+      f.lengths = p.lengths;
+      f.x = in;
+      f.ldx = ld_in;
+      f.w = p.w[k];
+      f.h0 = p.h0 + k * B * Ho;
+      f.c0 = p.c0 ? p.c0 + k * B * H : nullptr;
+      f.y = out + d * Ho;
+      f.ldy = DH;
+      f.h_n = p.h_n + k * B * Ho;
+      f.c_n = p.c_n ? p.c_n + k * B * H : nullptr;
+      f.reserve = training ? p.reserve + k * R : nullptr;
+      forward(f);
+    }
+    if (drop && l < L - 1) apply_dropout(out, TBDH, p.dropout, p.seed, l);
+    in = out;
+    ld_in = DH;
+  }
+}
+
+template <class T>
+void backward_stack(const StackBackwardParams<T>& p) {
+  check_stack(p.L, p.D, p.dropout);
+  FASTRNN_CHECK(p.reserve != nullptr, "saved: backward needs the reserve of a training forward");
+  const RnnShape& s = p.shape;
+  const int L = p.L, D = p.D;
+  const int64_t B = s.B, H = s.H, Ho = s.hout(), DH = D * Ho, TBDH = s.T * B * DH;
+  const int64_t R = reserve_elements(p.cell, s);
+  const T* inputs = p.reserve + int64_t(L) * D * R;
+  // dL/d(input of layer l) for l > 0, in turn: layer l reads one while writing the other
+  auto grads = scratch<T>(L > 1 ? 2 * TBDH : 0);
+
+  const T* d_out = p.dy;  // dL/d(output of layer l), [T, B, D*Hout]
+  for (int l = L - 1; l >= 0; --l) {
+    T* d_in = l == 0 ? p.dx : grads.get() + (l & 1) * TBDH;
+    for (int d = 0; d < D; ++d) {
+      const int64_t k = int64_t(l) * D + d;
+      BackwardParams<T> b;
+      b.cell = p.cell;
+      b.shape = s;
+      b.shape.I = l == 0 ? s.I : DH;
+      b.reverse = d == 1;
+      b.lengths = p.lengths;
+      b.x = l == 0 ? p.x : inputs + (l - 1) * TBDH;
+      b.ldx = b.shape.I;
+      b.w = p.w[k];
+      b.reserve = p.reserve + k * R;
+      b.dy = d_out + d * Ho;
+      b.lddy = DH;
+      b.dh_n = p.dh_n ? p.dh_n + k * B * Ho : nullptr;
+      b.dc_n = p.dc_n ? p.dc_n + k * B * H : nullptr;
+      b.dx = d_in;
+      b.accumulate_dx = d > 0;  // both directions read the same input
+      b.dh0 = p.dh0 + k * B * Ho;
+      b.dc0 = p.dc0 ? p.dc0 + k * B * H : nullptr;
+      b.dw = p.dw[k];
+      backward(b);
+    }
+    if (l > 0 && p.dropout > 0.0) apply_dropout(d_in, TBDH, p.dropout, p.seed, l - 1);
+    d_out = d_in;
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // Entry points: CellKind → Cell, once per call.
@@ -366,6 +492,10 @@ template void forward<float>(const ForwardParams<float>&);
 template void forward<double>(const ForwardParams<double>&);
 template void backward<float>(const BackwardParams<float>&);
 template void backward<double>(const BackwardParams<double>&);
+template void forward_stack<float>(const StackForwardParams<float>&);
+template void forward_stack<double>(const StackForwardParams<double>&);
+template void backward_stack<float>(const StackBackwardParams<float>&);
+template void backward_stack<double>(const StackBackwardParams<double>&);
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -23,6 +23,7 @@ struct StepFwd {
   const T* c_prev = nullptr;  // [B, H] cells with state
   T* c = nullptr;             // [B, H] cells with state, written
   T* y = nullptr;             // [B, H] written (0 on padded rows); nullptr with a projection
+  int64_t y_ld = 0;           // row stride of y
   T* saved = nullptr;         // [B, S*H] written when training (and always for two-phase cells)
   T* rh = nullptr;            // [B, H] two-phase only: r⊙h_prev, written
   const uint8_t* active = nullptr;  // [B] 1 = step t is inside sequence b; nullptr = all
@@ -36,6 +37,7 @@ struct StepBwd {
   const T* c_prev = nullptr;  // [B, H] cells with state
   const T* c = nullptr;       // [B, H] cells with state
   const T* dy = nullptr;      // [B, H] read (no projection): added to dh on active rows
+  int64_t dy_ld = 0;          // row stride of dy
   T* dh = nullptr;            // [B, H] no projection: in dL/dh_t from later steps, out the
                               // part of dL/dh_{t-1} that bypasses W_hh (rows kept if padded)
   const T* dh_raw = nullptr;  // [B, H] with a projection: dL/d(h before W_hr), used as dh

@@ -39,7 +39,7 @@ inline void forward_padded_row(const StepFwd<T>& s, int64_t b) {
   const int64_t H = s.H;
   if (s.h_prev) copy(s.h + b * H, s.h_prev + b * H, H);
   if constexpr (Cell::kHasCellState) copy(s.c + b * H, s.c_prev + b * H, H);
-  if (s.y) zero(s.y + b * H, H);
+  if (s.y) zero(s.y + b * s.y_ld, H);
   if (s.saved) zero(s.saved + b * Cell::kSaved * H, Cell::kSaved * H);
   if (s.rh) zero(s.rh + b * H, H);
 }
@@ -90,7 +90,7 @@ void forward_step(const StepFwd<T>& s) {
     T* sv = kTraining ? s.saved + b * S * H : nullptr;
     auto row = s.y ? &forward_row<Cell, T, kTraining, true> : &forward_row<Cell, T, kTraining, false>;
     row(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh, hp, cp, s.h + b * H, c,
-        s.y ? s.y + b * H : nullptr, sv);
+        s.y ? s.y + b * s.y_ld : nullptr, sv);
   }
 }
 
@@ -140,7 +140,7 @@ void backward_step(const StepBwd<T>& s) {
     backward_row<Cell, T, kProjected>(
         H, s.saved + b * S * H, Cell::kReadsHPrev ? at(s.h_prev) : nullptr,
         Cell::kHasCellState ? at(s.c_prev) : nullptr, Cell::kHasCellState ? at(s.c) : nullptr,
-        kProjected ? nullptr : at(s.dy), kProjected ? at(s.dh_raw) : nullptr,
+        kProjected ? nullptr : s.dy + b * s.dy_ld, kProjected ? at(s.dh_raw) : nullptr,
         kProjected ? nullptr : at(s.dh), kProjected ? at(s.h_raw) : nullptr,
         Cell::kHasCellState ? at(s.dc) : nullptr, s.dax + b * G * H,
         Cell::kSplitRecurrentGrad ? s.dah + b * G * H : nullptr);
@@ -210,7 +210,7 @@ void forward_state_step(const StepFwd<T>& s) {
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) continue;  // handled by the gates pass
     forward_state_row<Cell, T>(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh,
-                               s.h_prev + b * H, s.saved + b * S * H, s.h + b * H, s.y + b * H);
+                               s.h_prev + b * H, s.saved + b * S * H, s.h + b * H, s.y + b * s.y_ld);
   }
 }
 
@@ -254,7 +254,7 @@ void backward_state_step(const StepBwd<T>& s) {
       detail::zero(s.rh + b * H, H);
       continue;
     }
-    backward_state_row<Cell, T>(H, s.saved + b * S * H, s.h_prev + b * H, s.dy + b * H,
+    backward_state_row<Cell, T>(H, s.saved + b * S * H, s.h_prev + b * H, s.dy + b * s.dy_ld,
                                 s.dh + b * H, s.dax + b * G * H);
   }
 }

@@ -246,38 +246,79 @@ def _wrap_like(arr, like):
 
 
 class _Saved:
-    """What backward needs from a training forward. Opaque to callers."""
+    """What backward needs from a training forward. Opaque to callers.
 
-    __slots__ = ("cell", "engine", "layers", "masks", "num_layers", "D", "dtype", "shape",
-                 "batch_first", "has_bias", "proj_size", "H", "like")
+    engine "cpu": `state` is the engine's one reserve array (per layer-direction gate
+    activations and states, and the inputs of layers 1..L-1); engine "reference": the list of
+    per layer-direction caches of reference.py. Both keep their own copies of x and weights.
+    """
+
+    __slots__ = ("cell", "engine", "state", "x", "weights", "lengths", "num_layers", "D",
+                 "dropout", "seed", "dtype", "shape", "batch_first", "has_bias", "proj_size",
+                 "H", "like")
 
     def __repr__(self):
         return f"<fastrnn saved state of a {self.cell.name} forward on {self.engine!r}>"
 
 
-def _layer_forward(engine, cell, x, w, h0, c0, lengths, reverse, training):
-    """Returns (y, h_n, c_n, saved-for-this-layer or None)."""
+def _stack_forward(engine, cell, x, layers, h0, c0, lengths, L, D, dropout, seed, training,
+                   H, proj_size, has_bias):
+    """All layers and directions. Returns (y, h_n, c_n, state for backward or None)."""
     if engine == "cpu":
-        w_ih, w_hh, b_ih, b_hh, w_hr = w
-        y, h_n, c_n, reserve = _backends._core.forward(
-            cell.kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, training)
-        return y, h_n, c_n, ((x, w, lengths, reverse, reserve) if training else None)
-    y, h_n, c_n, cache = cell.reference_forward(x, w, h0, c0, lengths, reverse)
-    return y, h_n, c_n, (cache if training else None)
+        flat = [w for lw in layers for w in lw if w is not None]  # torch _flat_weights order
+        return _backends._core.forward(cell.kind, x, flat, H, proj_size, has_bias, h0, c0,
+                                       lengths, L, D, dropout, seed, training)
+    # the reference has one layer and direction per call: stack them here, as the engine does
+    inp, h_n, c_n, caches = x, [], [], []
+    for layer in range(L):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            y_d, h_d, c_d, cache = cell.reference_forward(
+                inp, layers[k], h0[k], c0[k] if cell.has_c else None, lengths, d == 1)
+            outs.append(y_d)
+            h_n.append(h_d)
+            c_n.append(c_d)
+            caches.append(cache)
+        y = outs[0] if D == 1 else np.concatenate(outs, axis=2)  # T,B,D*Hout
+        if training and dropout > 0 and layer < L - 1:
+            y = y * reference.dropout_mask(seed, layer, y.shape, dropout, y.dtype)
+        inp = y
+    return inp, np.stack(h_n), (np.stack(c_n) if cell.has_c else None), (caches if training else None)
 
 
-def _layer_backward(engine, cell, saved, dy, dh_n, dc_n):
-    """Returns (dx, dh0, dc0, [dw_ih, dw_hh, db_ih, db_hh, dw_hr])."""
-    if engine == "cpu":
-        x, (w_ih, w_hh, b_ih, b_hh, w_hr), lengths, reverse, reserve = saved
-        dx, dh0, dc0, *dw = _backends._core.backward(
-            cell.kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, reserve, lengths, reverse, dy, dh_n, dc_n)
-        return dx, dh0, dc0, dw
-    return cell.reference_backward(saved, dy, dh_n, dc_n)
+def _stack_backward(saved, dy, dh_n, dc_n):
+    """Returns (dx, dh0, dc0, flat list of weight gradients in the order of `weights`)."""
+    cell, L, D = saved.cell, saved.num_layers, saved.D
+    if saved.engine == "cpu":
+        dx, dh0, dc0, dweights = _backends._core.backward(
+            cell.kind, saved.x, saved.weights, saved.H, saved.proj_size, saved.has_bias,
+            saved.state, saved.lengths, L, D, saved.dropout, saved.seed, dy, dh_n, dc_n)
+        return dx, dh0, dc0, list(dweights)
+    Hout = saved.proj_size or saved.H
+    dweights = [None] * (L * D)
+    dh0, dc0 = [None] * (L * D), [None] * (L * D)
+    d_out = dy  # dL/d(output of the current layer), T,B,D*Hout
+    for layer in reversed(range(L)):
+        d_in = None
+        for d in range(D):
+            k = layer * D + d
+            dy_d = np.ascontiguousarray(d_out[:, :, d * Hout:(d + 1) * Hout])
+            dx_d, dh0[k], dc0[k], dweights[k] = cell.reference_backward(
+                saved.state[k], dy_d, None if dh_n is None else dh_n[k],
+                None if dc_n is None else dc_n[k])
+            d_in = dx_d if d_in is None else d_in + dx_d  # both directions read this input
+        if layer > 0 and saved.dropout > 0:
+            d_in = d_in * reference.dropout_mask(saved.seed, layer - 1, d_in.shape,
+                                                 saved.dropout, d_in.dtype)
+        d_out = d_in
+    flat = [g for dw in dweights for g in dw[:2] + (dw[2:4] if saved.has_bias else [])
+            + (dw[4:] if saved.proj_size else [])]
+    return d_out, np.stack(dh0), (np.stack(dc0) if cell.has_c else None), flat
 
 
 # ----------------------------------------------------------------------------------------------
-# Stacked, (bi)directional forward and backward, shared by the three cells
+# Forward and backward, shared by the three cells
 
 
 def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, lengths, dropout,
@@ -291,6 +332,10 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
     proj_size = _int_option(proj_size, "proj_size", 0)
     if seed is not None:
         seed = _int_option(seed, "seed", 0)
+        if seed >= 2**64:
+            raise ValueError(f"seed: expected an int in [0, 2**64), got {seed}")
+    else:
+        seed = int(np.random.default_rng().integers(0, 2**63))  # fresh masks each call
 
     like = x
     xs = _float_array(x, "x")
@@ -316,46 +361,27 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
         else:
             c0 = _float_array(c0, "c0", dtype)
             _expect_shape(c0, (L * D, B, H), "c0")
+    h0 = np.ascontiguousarray(h0)
+    c0 = np.ascontiguousarray(c0) if cell.has_c else None
 
-    rng = np.random.default_rng(seed) if training and dropout > 0 and L > 1 else None
     # When training, saved must own what backward reads: the caller may change x or a weight
     # in place between forward and backward (torch catches that with version counters; NumPy
-    # cannot), so layer 0's input and the weights are copied (once: the copy is also the dense
-    # layout the engines need). Later layers' inputs are already ours.
-    inp = np.array(xs, order="C", copy=True) if training else np.ascontiguousarray(xs)
-    h_n, c_n, layer_saved, masks = [], [], [], []
-    for layer in range(L):
-        outs = []
-        for d in range(D):
-            k = layer * D + d
-            y_d, h_d, c_d, s_d = _layer_forward(
-                engine, cell, inp, layers[k], np.ascontiguousarray(h0[k]),
-                np.ascontiguousarray(c0[k]) if cell.has_c else None, lengths, d == 1, training)
-            outs.append(y_d)
-            h_n.append(h_d)
-            c_n.append(c_d)
-            layer_saved.append(s_d)
-        y = outs[0] if D == 1 else np.concatenate(outs, axis=2)  # T,B,D*Hout
-        if rng is not None and layer < L - 1:
-            # inverted dropout on this layer's output, the next layer's input (torch/cuDNN)
-            keep = rng.random(y.shape) >= dropout
-            mask = keep.astype(dtype) / dtype.type(1.0 - dropout) if dropout < 1 else np.zeros(y.shape, dtype)
-            y = y * mask
-            masks.append(mask)
-        else:
-            masks.append(None)
-        inp = y
-
+    # cannot), so x and the weights are copied (once: the copy is also the dense layout the
+    # engines need).
+    xs = np.array(xs, order="C", copy=True) if training else np.ascontiguousarray(xs)
+    y, h_n, c_n, state = _stack_forward(engine, cell, xs, layers, h0, c0, lengths, L, D,
+                                        dropout, seed, training, H, proj_size, has_bias)
     saved = None
     if training:
         saved = _Saved()
-        saved.cell, saved.engine, saved.layers, saved.masks = cell, engine, layer_saved, masks
-        saved.num_layers, saved.D, saved.dtype, saved.shape = L, D, dtype, (T, B, I)
+        saved.cell, saved.engine, saved.state, saved.x = cell, engine, state, xs
+        saved.weights = [w for lw in layers for w in lw if w is not None]
+        saved.lengths, saved.num_layers, saved.D, saved.dtype = lengths, L, D, dtype
+        saved.dropout, saved.seed, saved.shape = dropout, seed, (T, B, I)
         saved.batch_first, saved.has_bias, saved.proj_size, saved.H = batch_first, has_bias, proj_size, H
         saved.like = like if not isinstance(like, np.ndarray) else None
-    y = inp.transpose(1, 0, 2) if batch_first else inp
-    h_n = np.stack(h_n)
-    c_n = np.stack(c_n) if cell.has_c else None
+    if batch_first:
+        y = y.transpose(1, 0, 2)
     return RNNOutput(_wrap_like(y, like), _wrap_like(h_n, like), _wrap_like(c_n, like), saved)
 
 
@@ -377,40 +403,21 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     _expect_shape(dy, want, "dy")
     if saved.batch_first:
         dy = dy.transpose(1, 0, 2)
+    dy = np.ascontiguousarray(dy)
     if dh_n is not None:
         dh_n = _float_array(dh_n, "dh_n", dtype)
         _expect_shape(dh_n, (L * D, B, Hout), "dh_n")
+        dh_n = np.ascontiguousarray(dh_n)
     if dc_n is not None:
         if not cell.has_c:
             raise ValueError(f"dc_n: a {cell.name} has no cell state, expected None")
         dc_n = _float_array(dc_n, "dc_n", dtype)
         _expect_shape(dc_n, (L * D, B, H), "dc_n")
+        dc_n = np.ascontiguousarray(dc_n)
 
-    dweights = [None] * (L * D)
-    dh0 = np.zeros((L * D, B, Hout), dtype)
-    dc0 = np.zeros((L * D, B, H), dtype) if cell.has_c else None
-    d_out = dy  # dL/d(output of the current layer), T,B,D*Hout
-    for layer in reversed(range(L)):
-        if saved.masks[layer] is not None:
-            d_out = d_out * saved.masks[layer]
-        d_in = None
-        for d in range(D):
-            k = layer * D + d
-            dy_d = np.ascontiguousarray(d_out[:, :, d * Hout:(d + 1) * Hout])
-            dx_d, dh0[k], dc0_d, dweights[k] = _layer_backward(
-                saved.engine, cell, saved.layers[k], dy_d,
-                None if dh_n is None else np.ascontiguousarray(dh_n[k]),
-                None if dc_n is None else np.ascontiguousarray(dc_n[k]))
-            if cell.has_c:
-                dc0[k] = dc0_d
-            d_in = dx_d if d_in is None else d_in + dx_d  # both directions read this input
-        d_out = d_in
-    dx = d_out.transpose(1, 0, 2) if saved.batch_first else d_out
-    flat = []
-    for dw in dweights:
-        dw_ih, dw_hh, db_ih, db_hh, dw_hr = dw
-        flat += [dw_ih, dw_hh] + ([db_ih, db_hh] if saved.has_bias else [])
-        flat += [dw_hr] if saved.proj_size > 0 else []
+    dx, dh0, dc0, flat = _stack_backward(saved, dy, dh_n, dc_n)
+    if saved.batch_first:
+        dx = dx.transpose(1, 0, 2)
     return RNNGrads(_wrap_like(dx, like), _wrap_like(dh0, like), _wrap_like(dc0, like),
                     [_wrap_like(w, like) for w in flat])
 

@@ -56,6 +56,24 @@ def _zero_padding(x, lengths):
     return np.where(valid[:, :, None], x, 0)  # T,B,I
 
 
+def dropout_mask(seed, layer, shape, p, dtype):
+    """The inverted-dropout mask the engines apply to the output of `layer` (the input of layer
+    + 1) when training: 0 where dropped, 1/(1-p) where kept. A pure function of (seed, layer,
+    element index), bit for bit the one in csrc/include/fastrnn/dropout.h."""
+    phi = np.uint64(0x9E3779B97F4A7C15)
+    element = np.arange(int(np.prod(shape)), dtype=np.uint64)  # flat index into T,B,D*Hout
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps around, as in C++
+        z = (np.uint64(seed) ^ (phi * np.uint64(layer + 1))) + phi * (element + np.uint64(1))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    bits = z >> np.uint64(40)  # 24 uniform bits
+    threshold = min(int(p * 16777216.0 + 0.5), 16777216)
+    keep = (bits >= threshold).reshape(shape)
+    scale = 1.0 / (1.0 - p) if p < 1 else 0.0  # nothing is kept when p == 1
+    return np.where(keep, scale, 0.0).astype(dtype)  # shape
+
+
 def _bias(b, n, dt):
     # a missing bias acts as zeros
     return np.zeros(n, dt) if b is None else b  # n

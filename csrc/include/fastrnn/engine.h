@@ -21,11 +21,14 @@ struct ForwardParams {
   const int64_t* lengths = nullptr;  // [B] valid steps per sequence, each in [0, T];
                                      // nullptr = all T. Steps t >= lengths[b] are padding:
                                      // y is 0 there and the state does not change.
-  const T* x = nullptr;            // [T, B, I] read
+  const T* x = nullptr;            // [T, B, I] read; rows (t, b) ldx apart
+  int64_t ldx = 0;                 // row stride of x, >= I (0 = I)
   RnnWeights<T> w;                 // read
   const T* h0 = nullptr;           // [B, Hout] read
   const T* c0 = nullptr;           // [B, H] read; LSTM only, nullptr otherwise
-  T* y = nullptr;                  // [T, B, Hout] written
+  T* y = nullptr;                  // [T, B, Hout] written; rows ldy apart (a bidirectional
+                                   // layer writes each direction into half of one buffer)
+  int64_t ldy = 0;                 // row stride of y, >= Hout (0 = Hout)
   T* h_n = nullptr;                // [B, Hout] written: state after each sequence's last step
   T* c_n = nullptr;                // [B, H] written; LSTM only
   T* reserve = nullptr;            // [reserve_elements(cell, shape)] written when training;
@@ -40,19 +43,72 @@ struct BackwardParams {
   bool reverse = false;
   const int64_t* lengths = nullptr;
   const T* x = nullptr;            // [T, B, I] read: the forward's input (for dW_ih)
+  int64_t ldx = 0;                 // row stride of x and of dx, >= I (0 = I)
   RnnWeights<T> w;                 // read: the forward's weights
   const T* reserve = nullptr;      // read: written by the training forward
   const T* dy = nullptr;           // [T, B, Hout] read; padded steps are ignored
+  int64_t lddy = 0;                // row stride of dy, >= Hout (0 = Hout)
   const T* dh_n = nullptr;         // [B, Hout] read; nullptr = zeros
   const T* dc_n = nullptr;         // [B, H] read; LSTM only; nullptr = zeros
-  T* dx = nullptr;                 // [T, B, I] written (0 on padded steps)
+  T* dx = nullptr;                 // [T, B, I] written (0 on padded steps), rows ldx apart
+  bool accumulate_dx = false;      // dx += instead of dx = (both directions of a layer read
+                                   // the same input, so their dx add up)
   T* dh0 = nullptr;                // [B, Hout] written
   T* dc0 = nullptr;                // [B, H] written; LSTM only
   RnnWeightGrads<T> dw;            // written
 };
 
-// Elements of T the training reserve needs for this cell and shape.
+// A whole network as torch.nn.LSTM/GRU/RNN runs it: L layers, D directions each (direction 1
+// runs reversed), the directions' outputs side by side in one [T, B, D*Hout] buffer that is
+// the next layer's input, inverted dropout on that input when training. Per layer-direction
+// k = l*D + d the arguments are those of ForwardParams/BackwardParams.
+template <class T>
+struct StackForwardParams {
+  CellKind cell = CellKind::kLstm;
+  RnnShape shape;                  // I is the input size of layer 0
+  int L = 1, D = 1;
+  double dropout = 0.0;            // probability of dropping an element of a layer's input
+                                   // (layers 1..L-1), applied only when training
+  uint64_t seed = 0;               // dropout masks are a function of (seed, layer, element):
+                                   // see dropout.h
+  const int64_t* lengths = nullptr;  // [B] or nullptr, as ForwardParams
+  const T* x = nullptr;            // [T, B, I] read
+  const RnnWeights<T>* w = nullptr;  // [L*D] read
+  const T* h0 = nullptr;           // [L*D, B, Hout] read
+  const T* c0 = nullptr;           // [L*D, B, H] read; LSTM only
+  T* y = nullptr;                  // [T, B, D*Hout] written
+  T* h_n = nullptr;                // [L*D, B, Hout] written
+  T* c_n = nullptr;                // [L*D, B, H] written; LSTM only
+  T* reserve = nullptr;            // [stack_reserve_elements(...)] written when training;
+                                   // nullptr = inference. Pass unchanged to backward.
+};
+
+template <class T>
+struct StackBackwardParams {
+  CellKind cell = CellKind::kLstm;
+  RnnShape shape;                  // cell … reserve: exactly as given to the forward
+  int L = 1, D = 1;
+  double dropout = 0.0;
+  uint64_t seed = 0;
+  const int64_t* lengths = nullptr;
+  const T* x = nullptr;            // [T, B, I] read
+  const RnnWeights<T>* w = nullptr;  // [L*D] read
+  const T* reserve = nullptr;      // read
+  const T* dy = nullptr;           // [T, B, D*Hout] read
+  const T* dh_n = nullptr;         // [L*D, B, Hout] read; nullptr = zeros
+  const T* dc_n = nullptr;         // [L*D, B, H] read; LSTM only; nullptr = zeros
+  T* dx = nullptr;                 // [T, B, I] written
+  T* dh0 = nullptr;                // [L*D, B, Hout] written
+  T* dc0 = nullptr;                // [L*D, B, H] written; LSTM only
+  const RnnWeightGrads<T>* dw = nullptr;  // [L*D] written
+};
+
+// Elements of T the training reserve of one layer-direction needs for this cell and shape.
 int64_t reserve_elements(CellKind cell, const RnnShape& shape);
+
+// Elements of the training reserve of a whole stack: L*D layer-direction reserves, then the
+// inputs of layers 1..L-1 ([T, B, D*Hout] each, after dropout), which their dW_ih needs.
+int64_t stack_reserve_elements(CellKind cell, const RnnShape& shape, int L, int D);
 
 // Gates per cell (G): 4, 3, 3, 1, 1.
 int gate_count(CellKind cell);
@@ -63,6 +119,8 @@ namespace cpu {
 // sizes the engine cannot index and std::bad_alloc when scratch memory cannot be had.
 template <class T> void forward(const ForwardParams<T>& p);
 template <class T> void backward(const BackwardParams<T>& p);
+template <class T> void forward_stack(const StackForwardParams<T>& p);
+template <class T> void backward_stack(const StackBackwardParams<T>& p);
 
 // What the CPU build uses, for fastrnn.backends(): the pointwise kernels' instruction set
 // ("avx2+fma" or "baseline"), the BLAS's own description, and thread control.
