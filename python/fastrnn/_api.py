@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from . import _backends, reference
+from . import _backends, _device, reference
 
 __all__ = [
     "RNNOutput",
@@ -132,8 +132,8 @@ def _float_array(a, name, dtype=None):
 
 
 def _expect_shape(arr, shape, name):
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(arr.shape)}")
 
 
 def _int_option(value, name, minimum):
@@ -175,10 +175,19 @@ def _lengths_array(lengths, T, B):
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy):
+def _host_dense(a, copy):
+    return np.array(a, order="C", copy=True) if copy else np.ascontiguousarray(a)
+
+
+def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy, as_array=None,
+                   dense=_host_dense):
     """Check the flat torch-order weight list; return per (layer, direction) tuples
     (w_ih, w_hh, b_ih, b_hh, w_hr) of dense arrays (None where absent), H and has_bias.
-    copy=True returns arrays that never share memory with the caller's."""
+    copy=True returns arrays that never share memory with the caller's. as_array(w, name) and
+    dense(a, copy) adapt it to device arrays (default: NumPy of the given dtype)."""
+    if as_array is None:
+        def as_array(w, name):
+            return _float_array(w, name, dtype)
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(
             f"weights: expected a list or tuple of arrays in torch _flat_weights order, "
@@ -195,14 +204,14 @@ def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy):
         what = f"num_layers={L} x directions={D} x ({per_bias} with biases or {per_no_bias} without)"
         raise ValueError(f"weights: expected {L * D * per_bias} or {L * D * per_no_bias} arrays ({what}), got {n}")
     per = per_bias if has_bias else per_no_bias
-    arrays = [_float_array(w, f"weights[{k}]", dtype) for k, w in enumerate(weights)]
+    arrays = [as_array(w, f"weights[{k}]") for k, w in enumerate(weights)]
 
     G = cell.gates
     w0 = arrays[0]
     if w0.ndim != 2 or w0.shape[0] == 0 or w0.shape[0] % G:
         raise ValueError(
             f"weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I}) with "
-            f"hidden_size > 0, got {w0.shape}"
+            f"hidden_size > 0, got {tuple(w0.shape)}"
         )
     H = w0.shape[0] // G
     if proj_size >= H and proj_size > 0:
@@ -220,8 +229,7 @@ def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy):
             for k, nm in enumerate(names):
                 where = f"weights[{base + k}] ({nm} of layer {layer}{', reverse' if d else ''})"
                 _expect_shape(arrays[base + k], shapes[nm], where)
-                a = arrays[base + k]
-                got[nm] = np.array(a, order="C", copy=True) if copy else np.ascontiguousarray(a)
+                got[nm] = dense(arrays[base + k], copy)
             layers.append(tuple(got.get(nm) for nm in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")))
     return layers, H, has_bias
 
@@ -323,7 +331,7 @@ def _stack_backward(saved, dy, dh_n, dc_n):
 
 def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, lengths, dropout,
              seed, proj_size, training, backend):
-    engine = _backends.resolve(backend)
+    engine = _backends.resolve(backend, _device.is_device_array(x))
     L = _int_option(num_layers, "num_layers", 1)
     D = 2 if _bool_option(bidirectional, "bidirectional") else 1
     batch_first = _bool_option(batch_first, "batch_first")
@@ -337,6 +345,9 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
     else:
         seed = int(np.random.default_rng().integers(0, 2**63))  # fresh masks each call
 
+    if engine == "cuda":
+        return _forward_cuda(cell, x, weights, h0, c0, L, D, batch_first, lengths, dropout, seed,
+                             proj_size, training)
     like = x
     xs = _float_array(x, "x")
     dtype = xs.dtype
@@ -394,6 +405,8 @@ def _backward(cell, saved, dy, dh_n, dc_n):
     if saved.cell.name != cell.name:
         raise ValueError(f"saved: expected the state of a {cell.name} forward, got one of a "
                          f"{saved.cell.name} forward")
+    if saved.engine == "cuda":
+        return _backward_cuda(saved, dy, dh_n, dc_n)
     L, D, dtype, H = saved.num_layers, saved.D, saved.dtype, saved.H
     T, B, I = saved.shape
     Hout = saved.proj_size if saved.proj_size > 0 else H
@@ -420,6 +433,123 @@ def _backward(cell, saved, dy, dh_n, dc_n):
         dx = dx.transpose(1, 0, 2)
     return RNNGrads(_wrap_like(dx, like), _wrap_like(dh0, like), _wrap_like(dc0, like),
                     [_wrap_like(w, like) for w in flat])
+
+
+# ----------------------------------------------------------------------------------------------
+# The CUDA path: the same rules, on device arrays viewed as torch tensors (see _device.py)
+
+
+def _device_float(a, name, dtype, device):
+    t = _device.as_tensor(a, name)
+    if _device.dtype_name(t) not in _device.DTYPES:
+        raise TypeError(f"{name}: expected a float32, float64, float16 or bfloat16 array, got "
+                        f"dtype {_device.dtype_name(t)}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {_device.dtype_name_of(dtype)} (all floating "
+                        f"inputs of a call share x's dtype), got {_device.dtype_name(t)}")
+    if device is not None and t.device != device:
+        raise TypeError(f"{name}: expected an array on {device} like x, got one on {t.device}")
+    return t
+
+
+def _forward_cuda(cell, x, weights, h0, c0, L, D, batch_first, lengths, dropout, seed, proj_size,
+                  training):
+    torch = _device.torch_module()
+    like = x
+    xt = _device_float(x, "x", None, None)
+    dtype, device = xt.dtype, xt.device
+    if xt.dim() != 3:
+        want = "(B, T, I) with batch_first" if batch_first else "(T, B, I)"
+        raise ValueError(f"x: expected 3 dimensions {want}, got shape {tuple(xt.shape)}")
+    if batch_first:
+        xt = xt.transpose(0, 1)
+    T, B, I = xt.shape
+    layers, H, has_bias = _split_weights(
+        weights, cell, L, D, proj_size, I, dtype, copy=training,
+        as_array=lambda w, name: _device_float(w, name, dtype, device),
+        dense=lambda a, copy: a.clone(memory_format=torch.contiguous_format) if copy else a.contiguous())
+    Hout = proj_size if proj_size > 0 else H
+    if lengths is not None and _device.is_device_array(lengths):
+        lengths = _device.as_tensor(lengths, "lengths").cpu().numpy()
+    lengths = _lengths_array(lengths, T, B)
+    lengths_dev = None if lengths is None else torch.as_tensor(lengths, device=device)
+
+    def state(a, name, shape):
+        if a is None:
+            return torch.zeros(shape, dtype=dtype, device=device)
+        a = _device_float(a, name, dtype, device)
+        _expect_shape(a, shape, name)
+        return a.contiguous()
+
+    h0 = state(h0, "h0", (L * D, B, Hout))
+    c0 = state(c0, "c0", (L * D, B, H)) if cell.has_c else None
+    xt = xt.clone(memory_format=torch.contiguous_format) if training else xt.contiguous()
+    flat = [w for lw in layers for w in lw if w is not None]
+
+    cuda = _backends.cuda_module()[0]
+    name = _device.dtype_name(xt)
+    shape = cuda.Shape(cell.kind, L, D, T, B, I, H, proj_size, has_bias)
+    y = torch.empty((T, B, D * Hout), dtype=dtype, device=device)
+    h_n = torch.empty((L * D, B, Hout), dtype=dtype, device=device)
+    c_n = torch.empty((L * D, B, H), dtype=dtype, device=device) if cell.has_c else None
+    reserve = (torch.empty(cuda.reserve_bytes(name, shape), dtype=torch.uint8, device=device)
+               if training else None)
+    P = _device.pointer
+    cuda.forward(name, device.index, _device.current_stream(like, device), shape, P(xt),
+                 [P(w) for w in flat], P(h0), P(c0), P(lengths_dev), dropout, seed, P(y), P(h_n),
+                 P(c_n), P(reserve))
+    saved = None
+    if training:
+        saved = _Saved()
+        saved.cell, saved.engine, saved.state, saved.x, saved.weights = cell, "cuda", reserve, xt, flat
+        saved.lengths, saved.num_layers, saved.D, saved.dtype = lengths_dev, L, D, dtype
+        saved.dropout, saved.seed, saved.shape = dropout, seed, (T, B, I)
+        saved.batch_first, saved.has_bias, saved.proj_size, saved.H = batch_first, has_bias, proj_size, H
+        saved.like = like
+    if batch_first:
+        y = y.transpose(0, 1)
+    wrap = _device.wrap_like
+    return RNNOutput(wrap(y, like), wrap(h_n, like), wrap(c_n, like), saved)
+
+
+def _backward_cuda(saved, dy, dh_n, dc_n):
+    torch = _device.torch_module()
+    cell, L, D, dtype, H = saved.cell, saved.num_layers, saved.D, saved.dtype, saved.H
+    T, B, I = saved.shape
+    Hout = saved.proj_size if saved.proj_size > 0 else H
+    device = saved.x.device
+    dyt = _device_float(dy, "dy", dtype, device)
+    _expect_shape(dyt, (B, T, D * Hout) if saved.batch_first else (T, B, D * Hout), "dy")
+    if saved.batch_first:
+        dyt = dyt.transpose(0, 1)
+    dyt = dyt.contiguous()
+    if dh_n is not None:
+        dh_n = _device_float(dh_n, "dh_n", dtype, device)
+        _expect_shape(dh_n, (L * D, B, Hout), "dh_n")
+        dh_n = dh_n.contiguous()
+    if dc_n is not None:
+        if not cell.has_c:
+            raise ValueError(f"dc_n: a {cell.name} has no cell state, expected None")
+        dc_n = _device_float(dc_n, "dc_n", dtype, device)
+        _expect_shape(dc_n, (L * D, B, H), "dc_n")
+        dc_n = dc_n.contiguous()
+    cuda = _backends.cuda_module()[0]
+    shape = cuda.Shape(cell.kind, L, D, T, B, I, H, saved.proj_size, saved.has_bias)
+    dx = torch.empty((T, B, I), dtype=dtype, device=device)
+    dh0 = torch.empty((L * D, B, Hout), dtype=dtype, device=device)
+    dc0 = torch.empty((L * D, B, H), dtype=dtype, device=device) if cell.has_c else None
+    dweights = [torch.empty_like(w) for w in saved.weights]
+    P = _device.pointer
+    cuda.backward(_device.dtype_name(saved.x), device.index,
+                  _device.current_stream(saved.like, device), shape, P(saved.x),
+                  [P(w) for w in saved.weights], P(saved.state), P(saved.lengths), saved.dropout,
+                  saved.seed, P(dyt), P(dh_n), P(dc_n), P(dx), P(dh0), P(dc0),
+                  [P(w) for w in dweights])
+    if saved.batch_first:
+        dx = dx.transpose(0, 1)
+    wrap = _device.wrap_like
+    like = saved.like
+    return RNNGrads(wrap(dx, like), wrap(dh0, like), wrap(dc0, like), [wrap(w, like) for w in dweights])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,3 +618,86 @@ def rnn_backward(saved, dy, dh_n=None):
     """Gradients of an RNN forward run with training=True. Returns RNNGrads(dx, dh0, None, dweights)."""
     cell = saved.cell if isinstance(saved, _Saved) and saved.cell.name == "rnn" else _RNN["tanh"]
     return _backward(cell, saved, dy, dh_n, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# --- serialisation of saved, for adapters (fastrnn.torch, fastrnn.jax)
+#
+# A framework that traces graphs (torch.compile, jax.jit) can carry only arrays and plain values
+# from a forward to its backward, not a Python object. These two helpers turn the `_Saved` of a
+# training forward into (meta, arrays) and back, without copying any array:
+#   meta    plain data: nested lists and dicts of None, bool, int, float and str (JSON-able);
+#           each array appears in it as ["array", k], an index into `arrays`
+#   arrays  the arrays `saved` holds (NumPy; device arrays on the CUDA path), each once (an
+#           array held twice is listed once)
+# The adapters' shape functions rely on this: the number of arrays and their dtypes depend only
+# on the forward's options (cell, num_layers, bidirectional, biases, proj_size > 0, lengths
+# given or not, dropout > 0, dtype, engine), never on the sizes T, B, I, H.
+# `saved.like` (the caller's array type, used only to wrap results) is not carried: adapters
+# pass NumPy arrays, and backward then returns NumPy arrays.
+
+
+def _saved_to_arrays(saved):
+    """(meta, arrays) of a forward's `.saved`; `_saved_from_arrays(meta, arrays)` rebuilds it."""
+    if not isinstance(saved, _Saved):
+        raise TypeError(f"saved: expected the .saved of a training forward, got {type(saved).__name__}")
+    arrays, index = [], {}
+
+    def encode(v):
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, np.ndarray) or hasattr(v, "__dlpack__"):
+            if id(v) not in index:
+                index[id(v)] = len(arrays)
+                arrays.append(v)
+            return ["array", index[id(v)]]
+        if isinstance(v, np.bool_):
+            return bool(v)
+        if isinstance(v, numbers.Integral):
+            return int(v)
+        if isinstance(v, numbers.Real):
+            return float(v)
+        if isinstance(v, (tuple, list)):
+            return ["tuple" if isinstance(v, tuple) else "list", [encode(e) for e in v]]
+        if isinstance(v, dict):
+            return ["dict", [[str(k), encode(e)] for k, e in v.items()]]
+        if isinstance(v, np.dtype):
+            return ["dtype", v.str]
+        if isinstance(v, _Cell):
+            return ["cell", v.kind]
+        raise TypeError(f"saved: cannot serialise a {type(v).__name__} held in it")
+
+    unset = object()
+    meta = {}
+    for slot in _Saved.__slots__:
+        value = None if slot == "like" else getattr(saved, slot, unset)
+        meta[slot] = ["unset", None] if value is unset else encode(value)
+    return meta, arrays
+
+
+def _saved_from_arrays(meta, arrays):
+    """The `_Saved` that `_saved_to_arrays` turned into (meta, arrays); shares the arrays."""
+    cells = {c.kind: c for c in (_LSTM, *_GRU.values(), *_RNN.values())}
+
+    def decode(v):
+        if not isinstance(v, list):
+            return v
+        tag, payload = v
+        if tag == "array":
+            return arrays[payload]
+        if tag in ("tuple", "list"):
+            items = [decode(e) for e in payload]
+            return tuple(items) if tag == "tuple" else items
+        if tag == "dict":
+            return {k: decode(e) for k, e in payload}
+        if tag == "dtype":
+            return np.dtype(payload)
+        if tag == "cell":
+            return cells[payload]
+        raise ValueError(f"meta: unknown tag {tag!r}")
+
+    saved = _Saved()
+    for slot in _Saved.__slots__:
+        if meta[slot] != ["unset", None]:
+            setattr(saved, slot, decode(meta[slot]))
+    return saved

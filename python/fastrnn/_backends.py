@@ -24,6 +24,23 @@ else:
 
 _NAMES = ("cpu", "cuda", "reference")
 _warned_fallback = False
+_cuda_state = None  # (module or None, reason) once looked up
+
+
+def cuda_module():
+    """The compiled CUDA module, imported on first use (CPU users never load CUDA libraries),
+    and why it is unavailable when it is: returns (module or None, reason or None)."""
+    global _cuda_state
+    if _cuda_state is None:
+        try:
+            from . import _cuda
+        except ImportError as exc:
+            missing = "No module named" in str(exc) and "_cuda" in str(exc)
+            why = "this build has no CUDA path" if missing else f"{type(exc).__name__}: {exc}"
+            _cuda_state = (None, why)
+        else:
+            _cuda_state = (_cuda, None if _cuda.devices() else "no CUDA device is visible")
+    return _cuda_state
 
 
 def _available_cores():
@@ -80,21 +97,43 @@ def backends():
         cpu = {"available": False, "reason": _core_error}
     return {
         "cpu": cpu,
-        "cuda": {
-            "available": False,
-            "compiled": False,
-            "devices": [],
-            "reason": "this build has no CUDA path",
-        },
+        "cuda": _cuda_report(),
         "reference": {"available": True, "dtypes": ["float32", "float64"]},
     }
 
 
-def resolve(backend):
-    """The engine name to run for `backend` (None, "cpu", "cuda" or "reference")."""
+def _cuda_report():
+    module, why = cuda_module()
+    report = {"available": module is not None and why is None, "compiled": module is not None,
+              "devices": module.devices() if module is not None else []}
+    if module is not None:
+        report["dtypes"] = ["float32", "float64", "float16", "bfloat16"]
+        report["runtime_version"] = module.runtime_version()
+    if why:
+        report["reason"] = why
+    return report
+
+
+def resolve(backend, on_device=False):
+    """The engine name to run for `backend` (None, "cpu", "cuda" or "reference") when x is
+    (on_device=True) or is not a CUDA array."""
     global _warned_fallback
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend: expected None or one of {_NAMES}, got {type(backend).__name__}")
+    if backend is not None and backend not in _NAMES:
+        raise ValueError(f"backend: expected None or one of {_NAMES}, got {backend!r}")
+    if backend == "cuda" or (backend is None and on_device):
+        module, why = cuda_module()
+        if why is not None:
+            if backend == "cuda":
+                raise ValueError(f"backend: 'cuda' is not available: {why}")
+            raise TypeError(f"x: a CUDA array, but the CUDA path is not available ({why}); "
+                            "move the arrays to the host or install a CUDA build")
+        if not on_device:
+            raise TypeError("x: expected a CUDA array for backend='cuda', got a host array")
+        return "cuda"
+    if on_device:
+        raise TypeError(f"x: expected a host array for backend={backend!r}, got a CUDA array")
     if backend is None:
         if _core is not None:
             return "cpu"
@@ -107,10 +146,6 @@ def resolve(backend):
                 stacklevel=3,
             )
         return "reference"
-    if backend not in _NAMES:
-        raise ValueError(f"backend: expected None or one of {_NAMES}, got {backend!r}")
     if backend == "cpu" and _core is None:
         raise ValueError(f"backend: 'cpu' is not available in this installation ({_core_error})")
-    if backend == "cuda":
-        raise ValueError("backend: 'cuda' is not available: this build has no CUDA path")
     return backend

@@ -126,6 +126,80 @@ def run(cells=("lstm", "gru", "rnn"), T=100, B=64, I=256, H=256, threads=None, r
     return rows
 
 
+def _cuda_time(torch, fn, repeats, warmup=3):
+    """Median and min of `repeats` runs timed with CUDA events (after a warm-up), in seconds."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return min(times), float(np.median(times))
+
+
+def run_cuda(cells=("lstm", "gru"), shapes=((100, 64, 512, 512), (25, 64, 1024, 1024),
+             (100, 8, 256, 256), (100, 16, 512, 512), (100, 16, 1024, 1024)),
+             dtypes=("float32", "bfloat16", "float16"), repeats=20, out=sys.stdout):
+    """fastrnn's CUDA engine against torch.nn (cuDNN) on the current GPU, training and inference."""
+    import torch
+
+    torch.backends.cudnn.enabled = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    name = torch.cuda.get_device_name()
+    print(f"fastrnn bench --device cuda: {name}, torch {torch.__version__} (cuDNN "
+          f"{torch.backends.cudnn.version()}), TF32 off, CUDA events, median of {repeats} after "
+          "a warm-up", file=out)
+    print(f"{'cell':5} {'dtype':9} {'T':>4} {'B':>4} {'H':>5} {'mode':9} {'fastrnn ms':>11} "
+          f"{'cuDNN ms':>9} {'x cuDNN':>8} {'TFLOP/s':>8}", file=out)
+    rows = []
+    for cell in cells:
+        for dtype in dtypes:
+            tdt = getattr(torch, dtype)
+            for T, B, I, H in shapes:
+                cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+                mod = cls(I, H).to("cuda", tdt)
+                weights = [p.detach() for p in mod.parameters()]
+                x = torch.randn(T, B, I, device="cuda", dtype=tdt)
+                fwd = getattr(_api, f"{cell}_forward")
+                bwd = getattr(_api, f"{cell}_backward")
+                dy = torch.ones(T, B, H, device="cuda", dtype=tdt)
+
+                def f_infer():
+                    fwd(x, weights)
+
+                def f_train():
+                    o = fwd(x, weights, training=True)
+                    bwd(o.saved, dy)
+
+                xg = x.clone().requires_grad_(True)
+
+                def t_infer():
+                    with torch.no_grad():
+                        mod(x)
+
+                def t_train():
+                    y, _ = mod(xg)
+                    y.backward(dy)
+
+                for mode, ours, theirs in (("inference", f_infer, t_infer), ("training", f_train, t_train)):
+                    _, a = _cuda_time(torch, ours, repeats)
+                    _, b = _cuda_time(torch, theirs, repeats)
+                    flops = gemm_flops(cell, T, B, I, H, mode == "training")
+                    row = dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, mode=mode,
+                               fastrnn_ms=a * 1e3, cudnn_ms=b * 1e3, speedup=b / a,
+                               tflops=flops / a / 1e12, device=name)
+                    rows.append(row)
+                    print(f"{cell:5} {dtype:9} {T:4d} {B:4d} {H:5d} {mode:9} {a * 1e3:11.3f} "
+                          f"{b * 1e3:9.3f} {b / a:7.2f}x {row['tflops']:8.2f}", file=out, flush=True)
+    return rows
+
+
 def main(argv=None):
     import argparse
 
@@ -144,7 +218,20 @@ def main(argv=None):
     ap.add_argument("--peers", default="reference,torch",
                     help="comma-separated peers to time: reference,torch (default both)")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu (default): against the reference and torch on the CPU; cuda: "
+                         "against torch.nn/cuDNN on the GPU over a fixed grid of shapes")
     args = ap.parse_args(argv)
+    if args.device == "cuda":
+        if not _backends.backends()["cuda"]["available"]:
+            print("fastrnn bench: the CUDA path is not available: "
+                  f"{_backends.backends()['cuda'].get('reason')}", file=sys.stderr)
+            return 2
+        rows = run_cuda(cells=[c for c in args.cells.split(",") if c])
+        if args.json:
+            with open(os.fspath(args.json), "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
     cells = [c for c in args.cells.split(",") if c]
     for c in cells:
         if c not in GATES:
