@@ -172,3 +172,32 @@ def test_host_arrays_with_cuda_backend_and_mixed_devices_are_rejected():
                             + [dev(w) for w in weights[2:]])
     with pytest.raises(TypeError, match="weights\\[0\\]: expected dtype float32"):
         fastrnn.rnn_forward(dev(arrays["x"]), [on_gpu(torch.float64)(w) for w in weights])
+
+
+@pytest.mark.parametrize("cell,kw", [v for v in VARIANTS if "proj_size" not in v[1]
+                                     and v[1] != {"linear_before_reset": False}],
+                         ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("B,H", [(1, 7), (5, 100), (16, 256), (16, 1024), (3, 1000)])
+def test_persistent_kernels_match_per_step_path(cell, kw, B, H):
+    """B <= 16 runs the persistent kernels; the per-step path (forced) must agree with them to
+    float32 rounding, forward and backward, with lengths and both directions."""
+    cuda = fastrnn._backends.cuda_module()[0]
+    weights, arrays = problem(cell, kw, T=9, B=B, I=33, H=H, L=2, D=2)
+    lengths = list(np.random.default_rng(2).integers(0, 10, B))
+    lengths[0] = 9
+    opts = dict(num_layers=2, bidirectional=True, lengths=lengths)
+    results = {}
+    default = cuda.persistent_max_hidden()
+    try:
+        for persistent in (True, False):
+            cuda.set_persistent(4096 if persistent else 0)
+            results[persistent] = run(cell, kw, weights, arrays, on_gpu(torch.float32), **opts)
+    finally:
+        cuda.set_persistent(default)
+    exact = run(cell, kw, weights, arrays, np.asarray, backend="cpu", **opts)
+    for k, (a, b, e) in enumerate(zip(results[True], results[False], exact)):
+        scale = max(np.max(np.abs(e)), 1e-30)
+        err_p = np.max(np.abs(to_numpy(a) - e)) / scale
+        err_s = np.max(np.abs(to_numpy(b) - e)) / scale
+        print(f"output {k}: persistent {err_p:.2e}, per-step {err_s:.2e}")
+        assert err_p <= CUDA_F32_RTOL and err_s <= CUDA_F32_RTOL, k

@@ -185,6 +185,9 @@ PYBIND11_MODULE(_cuda, m) {
     }
     return out;
   });
+  m.def("set_persistent", &cuda::set_persistent, py::arg("max_hidden"),
+        "Largest hidden size the small-batch persistent kernels take (0 = never); default 256.");
+  m.def("persistent_max_hidden", &cuda::persistent_max_hidden);
   m.def("runtime_version", [] {
     int v = 0;
     FASTRNN_CUDA_CHECK(cudaRuntimeGetVersion(&v));

@@ -11,17 +11,42 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <new>
+#include <type_traits>
 
 #include "cuda/cublas.h"
 #include "cuda/engine.h"
+#include "cuda/persistent.cuh"
 #include "cuda/pointwise.cuh"
 #include "fastrnn/cells/gru.h"
 #include "fastrnn/cells/lstm.h"
 #include "fastrnn/cells/rnn.h"
 
 namespace fastrnn::cuda {
+
 namespace {
+// Largest H the persistent kernels take. 256 is where they were measured ahead of the
+// per-step path on an H100 (B <= 16); above it the per-step path was faster (see the
+// benchmark notes in benchmarks/README.md). 0 disables them.
+std::atomic<int64_t> g_persistent_max_hidden{256};
+}
+void set_persistent(int64_t max_hidden) { g_persistent_max_hidden = max_hidden; }
+int64_t persistent_max_hidden() { return g_persistent_max_hidden; }
+
+namespace {
+
+// The small-batch persistent kernels (persistent.cuh) serve one-phase cells without a
+// projection in float, half and bfloat16 when they fit; double always takes the per-step path.
+template <class Cell, class T>
+bool use_persistent(int64_t B, int64_t H, int64_t P, bool backward, persistent::Plan& plan) {
+  if constexpr (Cell::kResetBeforeMatmul || std::is_same_v<T, double>) {
+    return false;
+  } else {
+    const int64_t max_hidden = g_persistent_max_hidden;
+    return P == 0 && persistent::plan<Cell, T>(B, H, max_hidden, backward, plan);
+  }
+}
 
 template <class F>
 decltype(auto) with_cell(CellKind kind, F&& f) {
@@ -126,6 +151,34 @@ void forward_cell(const ForwardParams<T>& p, cudaStream_t stream) {
   const int64_t last = training ? (rev ? 0 : T_) : T_;
   copy_async(h_at(first), p.h0, B * Ho, stream);
   if constexpr (Cell::kHasCellState) convert_async(p.c0, c_at(first), B * H, stream);
+
+  persistent::Plan plan;
+  if (T_ > 0 && use_persistent<Cell, T>(B, H, P, false, plan)) {
+    if constexpr (!Cell::kResetBeforeMatmul && !std::is_same_v<A, double>) {
+      Scratch<T> ax_all(T_ * B * GH, stream);
+      gemm_k<T>(stream, false, true, T_ * B, GH, I, p.x, ldx, p.w.w_ih, I, 0.0f, ax_all.get(), GH);
+      persistent::Args<T> a;
+      a.steps = T_;
+      a.B = B;
+      a.H = H;
+      a.rev = rev;
+      a.lengths = p.lengths;
+      a.w_hh = p.w.w_hh;
+      a.b_ih = p.w.b_ih;
+      a.b_hh = p.w.b_hh;
+      a.ax = ax_all.get();
+      a.h = training ? h_hist : ping_h.get();
+      a.c = Cell::kHasCellState ? (training ? c_hist : ping_c.get()) : nullptr;
+      a.saved = saved_all;
+      a.y = p.y;
+      a.ldy = ldy;
+      a.training = training;
+      persistent::launch<Cell, T>(plan, a, false, stream);
+      copy_async(p.h_n, h_at(last), B * Ho, stream);
+      if constexpr (Cell::kHasCellState) convert_async(c_at(last), p.c_n, B * H, stream);
+      return;
+    }
+  }
 
   const int64_t Tc = projection_chunk(T_, B);
   Scratch<T> ax(Tc * B * GH, stream), ah(B * GH, stream);
@@ -233,7 +286,30 @@ void backward_cell(const BackwardParams<T>& p, cudaStream_t stream) {
   Scratch<T> rh(Cell::kResetBeforeMatmul ? TB * H : 0, stream);
   Scratch<T> drh(Cell::kResetBeforeMatmul ? B * H : 0, stream);
 
-  for (int64_t n = 0; n < T_; ++n) {
+  persistent::Plan plan;
+  const bool persist = T_ > 0 && use_persistent<Cell, T>(B, H, P, true, plan);
+  if (persist) {
+    if constexpr (!Cell::kResetBeforeMatmul && !std::is_same_v<A, double>) {
+      persistent::Args<T> a;
+      a.steps = T_;
+      a.B = B;
+      a.H = H;
+      a.rev = rev;
+      a.lengths = p.lengths;
+      a.w_hh = p.w.w_hh;
+      a.h = const_cast<T*>(h_hist);
+      a.c = const_cast<A*>(c_hist);
+      a.saved = const_cast<A*>(saved_all);
+      a.dy = p.dy;
+      a.lddy = lddy;
+      a.dh = dh.get();
+      a.dc = Cell::kHasCellState ? dc.get() : nullptr;
+      a.dax = dax.get();
+      a.dah = dah;
+      persistent::launch<Cell, T>(plan, a, true, stream);
+    }
+  }
+  for (int64_t n = 0; n < (persist ? 0 : T_); ++n) {
     const int64_t t = rev ? n : T_ - 1 - n;
     T* dax_t = dax.get() + t * B * GH;
     T* dah_t = dah + t * B * GH;

@@ -35,6 +35,11 @@ struct ReserveBytes {
   }
 };
 
+// The small-batch persistent kernels serve B <= 16 and H <= max_hidden (default 256) where
+// they fit; 0 disables them. Tests and the benchmark compare both paths through this.
+void set_persistent(int64_t max_hidden);
+int64_t persistent_max_hidden();
+
 template <class T> int64_t stack_reserve_bytes(CellKind cell, const RnnShape& s, int L, int D);
 template <class T> void forward_stack(const StackForwardParams<T>& p, cudaStream_t stream);
 template <class T> void backward_stack(const StackBackwardParams<T>& p, cudaStream_t stream);
