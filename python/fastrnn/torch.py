@@ -1,0 +1,415 @@
+# SPDX-License-Identifier: MIT
+"""Drop-in torch.nn.LSTM / GRU / RNN that run fastrnn's kernels, forward and backward.
+
+    from fastrnn.torch import LSTM            # instead of torch.nn.LSTM
+    lstm = fastrnn.torch.from_torch(module)   # or convert a module you have, with its weights
+
+Same constructor arguments, parameters, `state_dict` keys, inputs (a Tensor, unbatched 2-D or
+batched 3-D, or a PackedSequence; optional initial state) and outputs as torch.nn. CPU tensors of
+float32 or float64; anything else is a TypeError naming the argument (`_check_supported`).
+
+How it is built
+- The modules subclass `torch.nn.RNNBase`, the class that holds all of torch.nn's parameter
+  handling: the constructor and its checks, parameter names, shapes and initialisation,
+  `_flat_weights`, `.to()`, `flatten_parameters`, repr and old-pickle support. That makes the
+  parameters and `state_dict` identical by construction rather than by copy. They do *not*
+  subclass torch.nn.LSTM/GRU/RNN themselves: Dynamo deliberately graph-breaks on any instance of
+  those three classes (torch/_dynamo/variables/builder.py, `config.allow_rnn=False`), so
+  `torch.compile(fullgraph=True)` would fail. The few LSTM-specific checks (cell-state shape,
+  hidden-state permutation) are torch.nn.LSTM's own functions, borrowed, so error messages match.
+- `forward` does what torch.nn's does (unbatched input, PackedSequence order, hx checks), then
+  calls one custom op. PackedSequence data are padded (time-major, longest first) and the
+  lengths handed to the kernels; the output is packed again with the caller's indices.
+- Kernels are `torch.library` custom ops, `fastrnn::rnn_forward` and `fastrnn::rnn_backward`,
+  with fake (meta) implementations and `register_autograd` (which wraps them in a
+  torch.autograd.Function), so autograd, `torch.compile(fullgraph=True)` and
+  DistributedDataParallel see ordinary ops. They call `fastrnn._api` only (STYLE 12), on NumPy
+  views of the tensors (`tensor.detach().numpy()`, `torch.from_numpy`): no copies at the
+  boundary. Under torch.compile a PackedSequence still graph-breaks, in torch's own
+  pad_packed_sequence (Dynamo skips torch.nn.utils.rnn; torch.nn's RNNs cannot compile it either).
+- What backward needs crosses from one op to the other as tensors: `_api._saved_to_arrays` turns
+  the functional API's `saved` into JSON metadata (carried as a uint8 tensor) and a list of
+  arrays (carried 1-D), and `_api._saved_from_arrays` rebuilds it; nothing is recomputed. Their
+  sizes depend on the engine, so the fake implementation gives them data-dependent sizes; their
+  number and dtypes it learns once per configuration from a forward on a tiny problem.
+- Dropout (training mode, between layers) draws its seed from torch's generator, so
+  `torch.manual_seed` makes runs reproducible; the masks are fastrnn's, not torch's, so the
+  same seed does not give torch.nn's masks.
+"""
+
+import functools
+import json
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _api
+
+__all__ = ["LSTM", "GRU", "RNN", "from_torch"]
+
+# cell -> (gates G, functional forward, functional backward, fixed keyword arguments)
+_CELLS = {
+    "lstm": (4, _api.lstm_forward, _api.lstm_backward, {}),
+    "gru": (3, _api.gru_forward, _api.gru_backward, {}),
+    "rnn_tanh": (1, _api.rnn_forward, _api.rnn_backward, {"nonlinearity": "tanh"}),
+    "rnn_relu": (1, _api.rnn_forward, _api.rnn_backward, {"nonlinearity": "relu"}),
+}
+_CELL_OF_MODE = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def _check_supported(tensor, name):
+    """The one gate on what the kernels accept from torch: CPU tensors, float32 or float64.
+    (Relax it here when the CUDA engine lands.)"""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise TypeError(
+            f"{name}: expected a tensor on the CPU (fastrnn.torch has no CUDA path yet), got one "
+            f"on {tensor.device}; move it with .cpu() or use torch.nn for now")
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{name}: expected dtype torch.float32 or torch.float64, got {tensor.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes the fake implementations need (the layout of DESIGN.md)
+
+
+def _weight_shapes(G, I, H, P, L, D, bias):
+    """Shapes of the flat torch-order weight list."""
+    Hout = P or H
+    shapes = []
+    for layer in range(L):
+        for _ in range(D):
+            shapes += [(G * H, I if layer == 0 else D * Hout), (G * H, Hout)]
+            shapes += [(G * H,), (G * H,)] if bias else []
+            shapes += [(P, H)] if P else []
+    return shapes
+
+
+def _has_bias(weights, L, D, P):
+    return len(weights) // (L * D) - (P > 0) == 4  # per layer-direction: w_ih, w_hh, [b, b], [w_hr]
+
+
+def _empty_sequence(like, T, B, F, batch_first):
+    """An uninitialised (T, B, F) array, or its (B, T, F) view with batch_first: the layout in
+    which the ops return sequences (and which `_sequence_layout` gives the real results)."""
+    y = like.new_empty((T, B, F))
+    return y.transpose(0, 1) if batch_first else y
+
+
+def _sequence_layout(a, batch_first):
+    """`a` ((T, B, F), or (B, T, F) with batch_first) as a view of a C-contiguous (T, B, F)
+    array, the layout `_empty_sequence` promises; copies only if it is not one already."""
+    if not batch_first:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
+
+
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                 np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
+                 np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}
+
+
+@functools.lru_cache(maxsize=None)
+def _saved_dtypes(cell, L, bidirectional, bias, proj, has_lengths, dropout, dtype):
+    """The torch dtypes of the arrays a training forward saves with these options (the fake
+    forward's shape function). _api promises that their number and dtypes do not depend on the
+    sizes, so one forward on a tiny problem (1 step, batch 1, I=1, H=2) tells."""
+    G, forward, _, options = _CELLS[cell]
+    D, dt = 2 if bidirectional else 1, _NUMPY_DTYPES[dtype]
+    weights = [np.zeros(s, dt) for s in _weight_shapes(G, 1, 2, int(proj), L, D, bias)]
+    kw = dict(options, proj_size=int(proj)) if cell == "lstm" else options
+    out = forward(np.zeros((1, 1, 1), dt), weights, num_layers=L, bidirectional=bidirectional,
+                  lengths=[1] if has_lengths else None, dropout=0.5 if dropout else 0.0, seed=0,
+                  training=True, **kw)
+    _, arrays = _api._saved_to_arrays(out.saved)
+    return tuple(_TORCH_DTYPES[a.dtype] for a in arrays)
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy <-> torch without copies, and the no-aliasing rule of custom ops
+
+
+def _numpy(t):
+    return None if t is None else t.detach().numpy()
+
+
+def _tensor(a):
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _private(outputs, inputs):
+    """`outputs` (dense tensors), each cloned if its memory overlaps an input's storage or
+    another output: a custom op's outputs may alias neither. In practice only `lengths` is
+    ever cloned (_api returns fresh arrays and copies the x and weights it saves); the check is
+    pointer arithmetic on all byte ranges at once."""
+    if not outputs:
+        return []
+    storages = [t.untyped_storage() for t in inputs if t is not None]
+    ins = np.array([(s.data_ptr(), s.data_ptr() + s.nbytes()) for s in storages], np.int64)
+    ins = ins.reshape(-1, 2)  # [start, end) of each input's storage
+    outs = np.array([(t.data_ptr(), t.data_ptr() + t.nbytes) for t in outputs], np.int64)
+    used = outs[:, 1] > outs[:, 0]  # empty outputs alias nothing
+    clash = ((outs[:, None, 0] < ins[None, :, 1]) & (ins[None, :, 0] < outs[:, None, 1])).any(1)
+    by_start = np.argsort(outs[:, 0], kind="stable")
+    order = by_start[used[by_start]]
+    ends = np.maximum.accumulate(outs[order, 1])  # an output starting before an earlier one ends
+    clash[order[1:]] |= outs[order[1:], 0] < ends[:-1]
+    return [t.clone() if bad else t for t, bad in zip(outputs, clash & used)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The custom ops. Static options are plain arguments; everything else is a Tensor.
+
+
+@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
+def _forward_op(
+    x: torch.Tensor, weights: list[torch.Tensor], h0: Optional[torch.Tensor],
+    c0: Optional[torch.Tensor], lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
+    cell: str, num_layers: int, bidirectional: bool, batch_first: bool, dropout: float,
+    proj_size: int, keep_saved: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Returns (y, h_n, c_n (empty unless LSTM), meta (uint8 JSON), saved arrays (1-D));
+    meta and saved are empty unless keep_saved (what backward needs)."""
+    _, forward, _, options = _CELLS[cell]
+    kw = dict(options, proj_size=proj_size) if cell == "lstm" else options
+    states = (_numpy(h0), _numpy(c0)) if cell == "lstm" else (_numpy(h0),)
+    out = forward(_numpy(x), [_numpy(w) for w in weights], *states, num_layers=num_layers,
+                  bidirectional=bidirectional, batch_first=batch_first, lengths=_numpy(lengths),
+                  dropout=dropout, seed=None if seed is None else int(seed.item()),
+                  training=keep_saved or dropout > 0, **kw)  # dropout runs only when training
+    y = _sequence_layout(out.y, batch_first)
+    c_n = out.c_n if cell == "lstm" else np.zeros(0, y.dtype)
+    results = [_tensor(y), _tensor(out.h_n), _tensor(c_n)]
+    inputs = (x, h0, c0, lengths, *weights)
+    if not keep_saved:
+        return (*_private(results, inputs), torch.empty(0, dtype=torch.uint8), [])
+    meta, arrays = _api._saved_to_arrays(out.saved)
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    blob = bytearray(json.dumps({"saved": meta, "shapes": [a.shape for a in arrays]}).encode())
+    y, h_n, c_n, *saved = _private(results + [_tensor(a.reshape(-1)) for a in arrays], inputs)
+    return y, h_n, c_n, torch.frombuffer(blob, dtype=torch.uint8), saved
+
+
+@_forward_op.register_fake
+def _(x, weights, h0, c0, lengths, seed, cell, num_layers, bidirectional, batch_first, dropout,
+      proj_size, keep_saved):
+    G = _CELLS[cell][0]
+    B, T = x.shape[:2] if batch_first else x.shape[1::-1]
+    D, H = 2 if bidirectional else 1, weights[0].shape[0] // G
+    Hout = proj_size or H
+    y = _empty_sequence(x, T, B, D * Hout, batch_first)
+    h_n = x.new_empty((num_layers * D, B, Hout))
+    c_n = x.new_empty((num_layers * D, B, H) if cell == "lstm" else (0,))
+    if not keep_saved:
+        return y, h_n, c_n, x.new_empty((0,), dtype=torch.uint8), []
+    ctx = torch.library.get_ctx()  # sizes of what is saved are the engine's business
+    bias = _has_bias(weights, num_layers, D, proj_size)
+    dtypes = _saved_dtypes(cell, num_layers, bidirectional, bias, proj_size > 0,
+                           lengths is not None, dropout > 0, x.dtype)
+    meta = x.new_empty((ctx.new_dynamic_size(),), dtype=torch.uint8)
+    return y, h_n, c_n, meta, [x.new_empty((ctx.new_dynamic_size(),), dtype=dt) for dt in dtypes]
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def _backward_op(
+    meta: torch.Tensor, saved: list[torch.Tensor], dy: torch.Tensor,
+    dh_n: Optional[torch.Tensor], dc_n: Optional[torch.Tensor], cell: str, num_layers: int,
+    bidirectional: bool, batch_first: bool, input_size: int, hidden_size: int, bias: bool,
+    proj_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Returns (dx, dh0, dc0 (empty unless LSTM), dweights in _flat_weights order)."""
+    if meta.numel() == 0:
+        raise RuntimeError("fastrnn::rnn_backward: the forward ran with keep_saved=False")
+    info = json.loads(meta.numpy().tobytes())
+    arrays = [t.numpy().reshape(shape) for t, shape in zip(saved, info["shapes"])]
+    state = _api._saved_from_arrays(info["saved"], arrays)
+    backward = _CELLS[cell][2]
+    grads = [_numpy(dy), _numpy(dh_n)] + ([_numpy(dc_n)] if cell == "lstm" else [])
+    g = backward(state, *grads)
+    dc0 = g.dc0 if cell == "lstm" else np.zeros(0, g.dh0.dtype)
+    outs = [_sequence_layout(g.dx, batch_first), g.dh0, dc0]
+    outs += [np.ascontiguousarray(w) for w in g.dweights]
+    dx, dh0, dc0, *dweights = _private([_tensor(a) for a in outs], (meta, *saved, dy, dh_n, dc_n))
+    return dx, dh0, dc0, dweights
+
+
+@_backward_op.register_fake
+def _(meta, saved, dy, dh_n, dc_n, cell, num_layers, bidirectional, batch_first, input_size,
+      hidden_size, bias, proj_size):
+    G = _CELLS[cell][0]
+    B, T = dy.shape[:2] if batch_first else dy.shape[1::-1]
+    D, H = 2 if bidirectional else 1, hidden_size
+    dx = _empty_sequence(dy, T, B, input_size, batch_first)
+    dh0 = dy.new_empty((num_layers * D, B, proj_size or H))
+    dc0 = dy.new_empty((num_layers * D, B, H) if cell == "lstm" else (0,))
+    shapes = _weight_shapes(G, input_size, H, proj_size, num_layers, D, bias)
+    return dx, dh0, dc0, [dy.new_empty(s) for s in shapes]
+
+
+def _setup_context(ctx, inputs, output):
+    x, weights, h0, c0, _, _, cell, L, bidirectional, batch_first, _, P, _ = inputs
+    _, _, _, meta, saved = output
+    D = 2 if bidirectional else 1
+    ctx.options = (cell, L, bidirectional, batch_first, x.shape[-1],
+                   weights[0].shape[0] // _CELLS[cell][0], _has_bias(weights, L, D, P), P)
+    ctx.y_shape, ctx.dtype = output[0].shape, x.dtype
+    ctx.has_state = (h0 is not None, c0 is not None)
+    ctx.save_for_backward(meta, *saved)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved):
+    meta, *saved = ctx.saved_tensors
+    if dy is None:  # only h_n / c_n were used
+        dy = torch.zeros(ctx.y_shape, dtype=ctx.dtype)
+    cell = ctx.options[0]
+    dx, dh0, dc0, dweights = _backward_op(meta, saved, dy, dh_n, dc_n if cell == "lstm" else None,
+                                          *ctx.options)
+    has_h0, has_c0 = ctx.has_state
+    return (dx, list(dweights), dh0 if has_h0 else None, dc0 if has_c0 else None,
+            None, None, None, None, None, None, None, None, None)
+
+
+torch.library.register_autograd("fastrnn::rnn_forward", _backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+
+
+class _RNNBase(torch.nn.RNNBase):
+    """torch.nn.RNNBase with a forward that runs fastrnn (see the module docstring)."""
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        has_c = self.mode == "LSTM"
+        packed = isinstance(input, PackedSequence)
+        _check_supported(input.data if packed else input, "input")
+        for name, w in zip(self._flat_weights_names, self._flat_weights):
+            _check_supported(w, name)
+        if hx is not None:
+            for k, h in enumerate(hx if has_c else (hx,)):
+                _check_supported(h, f"hx[{k}]" if has_c else "hx")
+
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            lengths, batch_first, is_batched = None, False, True
+            if hx is not None:
+                self.check_forward_args(data, hx, batch_sizes)  # torch.nn's checks and messages
+                hx = self.permute_hidden(hx, sorted_indices)
+            else:
+                self.check_input(data, batch_sizes)
+            # padded T,B,I in the packed (longest first) order; lengths (B,)
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
+                                 f"{input.dim()}D instead")
+            lengths, batch_first, is_batched = None, self.batch_first, input.dim() == 3
+            x = input if is_batched else input.unsqueeze(0 if batch_first else 1)
+            if hx is not None:
+                hs, want = (hx if has_c else (hx,)), 3 if is_batched else 2
+                if any(h.dim() != want for h in hs):  # torch.nn's messages
+                    got = (f"({hs[0].dim()}-D, {hs[1].dim()}-D) tensors" if has_c
+                           else f"{hx.dim()}-D tensor")
+                    raise RuntimeError(
+                        f"For {'batched 3' if is_batched else 'unbatched 2'}-D input, "
+                        f"{'hx and cx' if has_c else 'hx'} should also be {want}-D but got {got}")
+                if not is_batched:
+                    hx = tuple(h.unsqueeze(1) for h in hx) if has_c else hx.unsqueeze(1)
+                self.check_forward_args(x, hx, None)
+            else:
+                self.check_input(x, None)
+
+        h0, c0 = (hx if has_c else (hx, None)) if hx is not None else (None, None)
+        weights = list(self._flat_weights)
+        dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
+        # the masks' seed comes from torch's generator: torch.manual_seed reproduces them
+        seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64) if dropout > 0 else None
+        keep_saved = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+        y, h_n, c_n, _, _ = _forward_op(x, weights, h0, c0, lengths, seed,
+                                        _CELL_OF_MODE[self.mode], self.num_layers,
+                                        self.bidirectional, batch_first, dropout, self.proj_size,
+                                        keep_saved)
+        hidden = (h_n, c_n) if has_c else h_n
+        if packed:
+            out = pack_padded_sequence(y, lengths).data
+            return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if not is_batched:
+            y = y.squeeze(0 if batch_first else 1)
+            hidden = (h_n.squeeze(1), c_n.squeeze(1)) if has_c else h_n.squeeze(1)
+        return y, hidden
+
+
+class LSTM(_RNNBase):
+    """torch.nn.LSTM running fastrnn's kernels: same arguments, parameters, inputs, outputs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    # torch.nn.LSTM's own functions for the cell state (h, c), so the messages are torch's
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
+    check_forward_args = torch.nn.LSTM.check_forward_args
+    permute_hidden = torch.nn.LSTM.permute_hidden
+
+
+class GRU(_RNNBase):
+    """torch.nn.GRU running fastrnn's kernels: same arguments, parameters, inputs, outputs."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+
+class RNN(_RNNBase):
+    """torch.nn.RNN running fastrnn's kernels: same arguments (nonlinearity "tanh" or "relu"),
+    parameters, inputs, outputs."""
+
+    def __init__(self, *args, **kwargs):
+        # as torch.nn.RNN: nonlinearity is the 4th positional argument or a keyword
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__("RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
+
+
+def from_torch(module):
+    """The fastrnn drop-in for a torch.nn.LSTM, GRU or RNN, sharing its parameters (the same
+    Parameter objects: same device and dtype, and an optimizer built on `module` keeps
+    working) and its training/eval mode. `copy.deepcopy(module)` first for independent ones."""
+    for torch_cls, cls in ((torch.nn.LSTM, LSTM), (torch.nn.GRU, GRU), (torch.nn.RNN, RNN)):
+        if isinstance(module, torch_cls):
+            break
+    else:
+        raise TypeError(
+            f"module: expected a torch.nn.LSTM, GRU or RNN, got {type(module).__name__}")
+    kw = dict(input_size=module.input_size, hidden_size=module.hidden_size,
+              num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+              dropout=module.dropout, bidirectional=module.bidirectional)
+    if cls is LSTM:
+        kw["proj_size"] = module.proj_size
+    if cls is RNN:
+        kw["nonlinearity"] = module.nonlinearity
+    with warnings.catch_warnings():  # module's constructor already warned about its dropout
+        warnings.filterwarnings("ignore", "dropout option adds dropout", UserWarning)
+        new = cls(**kw, device="meta", dtype=module._flat_weights[0].dtype)
+    for name in module._flat_weights_names:
+        setattr(new, name, getattr(module, name))
+    new._init_flat_weights()
+    return new.train(module.training)
