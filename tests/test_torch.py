@@ -10,9 +10,11 @@
 - torch.compile(fullgraph=True) forward + backward equal to eager;
 - dropout: seeded reproducibility, eval mode, and its expectation (not torch's RNG);
 - DistributedDataParallel (gloo, 2 local processes) equal to one process on the union batch;
-- TypeError for CUDA / float16 / non-CPU tensors.
+- on a GPU: parity with torch.nn (cuDNN) in float64, low-precision training; on the CPU,
+  TypeError for float16 / bfloat16 and for tensors on other devices.
 """
 
+import copy
 import os
 import socket
 
@@ -513,7 +515,7 @@ def test_dropout_expectation_and_backward_mask():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_a_type_error(dtype):
+def test_half_precision_on_the_cpu_is_a_type_error(dtype):
     m = ft.LSTM(I, H)
     with pytest.raises(TypeError, match=r"input: expected dtype torch.float32 or torch.float64"):
         m(torch.randn(T, B, I, dtype=dtype))
@@ -525,17 +527,67 @@ def test_half_precision_is_a_type_error(dtype):
 
 def test_non_cpu_tensor_is_a_type_error():
     m = ft.GRU(I, H)
-    with pytest.raises(TypeError, match=r"input: expected a tensor on the CPU .* on meta"):
+    with pytest.raises(TypeError, match=r"input: expected a tensor on the CPU or a CUDA device, got one on meta"):
         m(torch.empty(T, B, I, device="meta"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_tensor_is_a_type_error():
-    m = ft.LSTM(I, H)
-    with pytest.raises(TypeError, match=r"input: expected a tensor on the CPU .* on cuda"):
-        m(torch.randn(T, B, I, device="cuda"))
-    with pytest.raises(TypeError, match=r"weight_ih_l0: expected a tensor on the CPU"):
-        m.cuda()(torch.randn(T, B, I))
+_HAS_CUDA_PATH = torch.cuda.is_available() and fastrnn.backends()["cuda"]["available"]
+
+
+@pytest.mark.skipif(not _HAS_CUDA_PATH, reason="no CUDA device (or no CUDA path built)")
+@pytest.mark.parametrize("cls,kw", [(ft.LSTM, {}), (ft.LSTM, {"proj_size": 3}), (ft.GRU, {}),
+                                    (ft.RNN, {"nonlinearity": "relu"})],
+                         ids=["lstm", "lstm_proj", "gru", "rnn_relu"])
+def test_cuda_parity_with_cudnn(cls, kw):
+    """On a GPU the drop-in runs fastrnn's CUDA engine; in float64 it matches torch.nn on the
+    same GPU (cuDNN) for outputs and every gradient, packed input and 2 bidirectional layers."""
+    torch.manual_seed(0)
+    ref_cls = {ft.LSTM: torch.nn.LSTM, ft.GRU: torch.nn.GRU, ft.RNN: torch.nn.RNN}[cls]
+    ref = ref_cls(I, H, 2, bidirectional=True, **kw).to("cuda", torch.float64)
+    mine = ft.from_torch(copy.deepcopy(ref))
+    lengths = torch.tensor([T, 2, T - 1])
+    x = torch.randn(T, 3, I, device="cuda", dtype=torch.float64)
+    outs, grads = [], []
+    for m in (mine, ref):
+        xg = x.clone().requires_grad_(True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xg, lengths, enforce_sorted=False)
+        y, hidden = m(packed)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, total_length=T)
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        (y.square().sum() + h.sum()).backward()
+        assert y.device.type == "cuda"
+        outs.append([y, h])
+        grads.append([xg.grad] + [p.grad for p in m.parameters()])
+        m.zero_grad()
+    for k, (a, b) in enumerate(zip(outs[0] + grads[0], outs[1] + grads[1])):
+        assert_close(a.detach().cpu().numpy(), b.detach().cpu().numpy(), rtol=SAME_MATHS_F64_RTOL,
+                     atol=SAME_MATHS_F64_ATOL, name=f"tensor {k}")
+
+
+@pytest.mark.skipif(not _HAS_CUDA_PATH, reason="no CUDA device (or no CUDA path built)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_low_precision_trains(dtype):
+    """float32/bfloat16/float16 modules on the GPU: forward and backward run, gradients reach
+    every parameter and stay close to the float64 result."""
+    torch.manual_seed(0)
+    exact = ft.LSTM(I, H, 2).to("cuda", torch.float64)
+    low = copy.deepcopy(exact).to(dtype)
+    x = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
+    results = []
+    for m, xx in ((exact, x), (low, x.to(dtype))):
+        y, _ = m(xx)
+        y.float().sum().backward()
+        results.append([y.detach().double()] + [p.grad.double() for p in m.parameters()])
+    budget = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for k, (e, g) in enumerate(zip(*results)):
+        err = ((g - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
+        assert err <= budget, (k, err)
+
+
+@pytest.mark.skipif(not _HAS_CUDA_PATH, reason="no CUDA device (or no CUDA path built)")
+def test_cuda_input_with_cpu_weights_is_a_type_error():
+    with pytest.raises(TypeError, match=r"weights\[0\]: expected an array on a CUDA device like x"):
+        ft.LSTM(I, H)(torch.randn(T, B, I, device="cuda"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,3 +626,20 @@ def test_distributed_data_parallel(tmp_path):
         grads = torch.load(tmp_path / f"{rank}.pt")
         for name, p in model.named_parameters():
             assert_close(grads[name].numpy(), p.grad.numpy(), name=f"rank {rank} d{name}", **F64)
+
+
+@pytest.mark.skipif(not _HAS_CUDA_PATH, reason="no CUDA device (or no CUDA path built)")
+def test_cuda_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    m = ft.LSTM(I, H, 2, bidirectional=True).to("cuda", torch.float32)
+    x = torch.randn(T, B, I, device="cuda")
+    eager_y, _ = m(x)
+    eager_y.sum().backward()
+    eager_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y, _ = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, eager_y, rtol=0, atol=0)
+    for g, e in zip((p.grad for p in m.parameters()), eager_grads):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)

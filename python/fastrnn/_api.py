@@ -628,13 +628,13 @@ def rnn_backward(saved, dy, dh_n=None):
 # training forward into (meta, arrays) and back, without copying any array:
 #   meta    plain data: nested lists and dicts of None, bool, int, float and str (JSON-able);
 #           each array appears in it as ["array", k], an index into `arrays`
-#   arrays  the arrays `saved` holds (NumPy; device arrays on the CUDA path), each once (an
-#           array held twice is listed once)
+#   arrays  the arrays `saved` holds (NumPy; torch CUDA tensors on the CUDA path), each once
+#           (an array held twice is listed once)
 # The adapters' shape functions rely on this: the number of arrays and their dtypes depend only
 # on the forward's options (cell, num_layers, bidirectional, biases, proj_size > 0, lengths
 # given or not, dropout > 0, dtype, engine), never on the sizes T, B, I, H.
 # `saved.like` (the caller's array type, used only to wrap results) is not carried: adapters
-# pass NumPy arrays, and backward then returns NumPy arrays.
+# pass NumPy arrays (or torch CUDA tensors), and backward returns the same kind.
 
 
 def _saved_to_arrays(saved):
@@ -663,6 +663,8 @@ def _saved_to_arrays(saved):
             return ["dict", [[str(k), encode(e)] for k, e in v.items()]]
         if isinstance(v, np.dtype):
             return ["dtype", v.str]
+        if type(v).__module__ == "torch" and type(v).__name__ == "dtype":  # the CUDA path's
+            return ["torch_dtype", str(v).replace("torch.", "")]
         if isinstance(v, _Cell):
             return ["cell", v.kind]
         raise TypeError(f"saved: cannot serialise a {type(v).__name__} held in it")
@@ -692,6 +694,8 @@ def _saved_from_arrays(meta, arrays):
             return {k: decode(e) for k, e in payload}
         if tag == "dtype":
             return np.dtype(payload)
+        if tag == "torch_dtype":
+            return getattr(_device.torch_module(), payload)
         if tag == "cell":
             return cells[payload]
         raise ValueError(f"meta: unknown tag {tag!r}")

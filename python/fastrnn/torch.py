@@ -6,7 +6,9 @@
 
 Same constructor arguments, parameters, `state_dict` keys, inputs (a Tensor, unbatched 2-D or
 batched 3-D, or a PackedSequence; optional initial state) and outputs as torch.nn. CPU tensors of
-float32 or float64; anything else is a TypeError naming the argument (`_check_supported`).
+float32 or float64, and CUDA tensors of float32, float64, float16 or bfloat16 when fastrnn's CUDA
+path is built and a GPU is visible; anything else is a TypeError naming the argument
+(`_check_supported`).
 
 How it is built
 - The modules subclass `torch.nn.RNNBase`, the class that holds all of torch.nn's parameter
@@ -24,8 +26,8 @@ How it is built
   with fake (meta) implementations and `register_autograd` (which wraps them in a
   torch.autograd.Function), so autograd, `torch.compile(fullgraph=True)` and
   DistributedDataParallel see ordinary ops. They call `fastrnn._api` only (STYLE 12), on NumPy
-  views of the tensors (`tensor.detach().numpy()`, `torch.from_numpy`): no copies at the
-  boundary. Under torch.compile a PackedSequence still graph-breaks, in torch's own
+  views of CPU tensors (`tensor.detach().numpy()`, `torch.from_numpy`) and on CUDA tensors
+  themselves: no copies at the boundary. Under torch.compile a PackedSequence still graph-breaks, in torch's own
   pad_packed_sequence (Dynamo skips torch.nn.utils.rnn; torch.nn's RNNs cannot compile it either).
 - What backward needs crosses from one op to the other as tensors: `_api._saved_to_arrays` turns
   the functional API's `saved` into JSON metadata (carried as a uint8 tensor) and a list of
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _api
+from . import _api, _backends
 
 __all__ = ["LSTM", "GRU", "RNN", "from_torch"]
 
@@ -60,18 +62,33 @@ _CELLS = {
 _CELL_OF_MODE = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 
 
+_HOST_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# Why fastrnn's CUDA path cannot run (None when it can), looked up once: a constant is what
+# torch.compile can trace through without a graph break.
+_CUDA_UNAVAILABLE = _backends.cuda_module()[1]
+
+
 def _check_supported(tensor, name):
-    """The one gate on what the kernels accept from torch: CPU tensors, float32 or float64.
-    (Relax it here when the CUDA engine lands.)"""
+    """The one gate on what the kernels accept from torch: CPU tensors of float32/float64, and
+    CUDA tensors of float32/float64/float16/bfloat16 when fastrnn's CUDA path is available."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.device.type == "cuda":
+        if _CUDA_UNAVAILABLE is not None:
+            raise TypeError(
+                f"{name}: a tensor on {tensor.device}, but fastrnn's CUDA path is not available "
+                f"({_CUDA_UNAVAILABLE}); move it with .cpu() or use torch.nn")
+        if tensor.dtype not in _CUDA_DTYPES:
+            raise TypeError(f"{name}: expected dtype torch.float32, float64, float16 or bfloat16 "
+                            f"on CUDA, got {tensor.dtype}")
+        return
     if tensor.device.type != "cpu":
+        raise TypeError(f"{name}: expected a tensor on the CPU or a CUDA device, got one on "
+                        f"{tensor.device}")
+    if tensor.dtype not in _HOST_DTYPES:
         raise TypeError(
-            f"{name}: expected a tensor on the CPU (fastrnn.torch has no CUDA path yet), got one "
-            f"on {tensor.device}; move it with .cpu() or use torch.nn for now")
-    if tensor.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"{name}: expected dtype torch.float32 or torch.float64, got {tensor.dtype}")
+            f"{name}: expected dtype torch.float32 or torch.float64 on the CPU, got {tensor.dtype}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +120,10 @@ def _empty_sequence(like, T, B, F, batch_first):
 
 def _sequence_layout(a, batch_first):
     """`a` ((T, B, F), or (B, T, F) with batch_first) as a view of a C-contiguous (T, B, F)
-    array, the layout `_empty_sequence` promises; copies only if it is not one already."""
+    array, the layout `_empty_sequence` promises; copies only if it is not one already.
+    NumPy (CPU engine) or a torch tensor (CUDA engine)."""
+    if isinstance(a, torch.Tensor):
+        return a.contiguous() if not batch_first else a.transpose(0, 1).contiguous().transpose(0, 1)
     if not batch_first:
         return np.ascontiguousarray(a)
     return np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
@@ -116,19 +136,28 @@ _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torc
 
 
 @functools.lru_cache(maxsize=None)
-def _saved_dtypes(cell, L, bidirectional, bias, proj, has_lengths, dropout, dtype):
+def _saved_dtypes(cell, L, bidirectional, bias, proj, has_lengths, dropout, dtype, device):
     """The torch dtypes of the arrays a training forward saves with these options (the fake
     forward's shape function). _api promises that their number and dtypes do not depend on the
-    sizes, so one forward on a tiny problem (1 step, batch 1, I=1, H=2) tells."""
+    sizes, so one forward on a tiny problem (1 step, batch 1, I=1, H=2) on the same kind of
+    device tells."""
     G, forward, _, options = _CELLS[cell]
-    D, dt = 2 if bidirectional else 1, _NUMPY_DTYPES[dtype]
-    weights = [np.zeros(s, dt) for s in _weight_shapes(G, 1, 2, int(proj), L, D, bias)]
+    D = 2 if bidirectional else 1
+    if device == "cpu":
+        def zeros(shape):
+            return np.zeros(shape, _NUMPY_DTYPES[dtype])
+    else:
+        def zeros(shape):
+            return torch.zeros(shape, dtype=dtype, device=device)
     kw = dict(options, proj_size=int(proj)) if cell == "lstm" else options
-    out = forward(np.zeros((1, 1, 1), dt), weights, num_layers=L, bidirectional=bidirectional,
-                  lengths=[1] if has_lengths else None, dropout=0.5 if dropout else 0.0, seed=0,
-                  training=True, **kw)
+    # called while tracing: the tiny forward must run on real tensors, not fake ones
+    with torch._subclasses.fake_tensor.unset_fake_temporarily():
+        weights = [zeros(s) for s in _weight_shapes(G, 1, 2, int(proj), L, D, bias)]
+        out = forward(zeros((1, 1, 1)), weights, num_layers=L, bidirectional=bidirectional,
+                      lengths=[1] if has_lengths else None, dropout=0.5 if dropout else 0.0,
+                      seed=0, training=True, **kw)
     _, arrays = _api._saved_to_arrays(out.saved)
-    return tuple(_TORCH_DTYPES[a.dtype] for a in arrays)
+    return tuple(a.dtype if isinstance(a, torch.Tensor) else _TORCH_DTYPES[a.dtype] for a in arrays)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,11 +165,27 @@ def _saved_dtypes(cell, L, bidirectional, bias, proj, has_lengths, dropout, dtyp
 
 
 def _numpy(t):
-    return None if t is None else t.detach().numpy()
+    """What the functional API gets: a NumPy view of a CPU tensor, the CUDA tensor itself."""
+    if t is None:
+        return None
+    return t.detach() if t.is_cuda else t.detach().numpy()
 
 
 def _tensor(a):
+    if isinstance(a, torch.Tensor):
+        return a
     return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _empty_like_dtype(a):
+    """A 0-element array of a's dtype and kind (the c_n / dc0 placeholder of GRU and RNN)."""
+    if isinstance(a, torch.Tensor):
+        return a.new_empty(0)
+    return np.zeros(0, a.dtype)
+
+
+def _dense(a):
+    return a.contiguous() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
 
 
 def _private(outputs, inputs):
@@ -184,16 +229,18 @@ def _forward_op(
                   dropout=dropout, seed=None if seed is None else int(seed.item()),
                   training=keep_saved or dropout > 0, **kw)  # dropout runs only when training
     y = _sequence_layout(out.y, batch_first)
-    c_n = out.c_n if cell == "lstm" else np.zeros(0, y.dtype)
+    c_n = out.c_n if cell == "lstm" else _empty_like_dtype(y)
     results = [_tensor(y), _tensor(out.h_n), _tensor(c_n)]
     inputs = (x, h0, c0, lengths, *weights)
     if not keep_saved:
         return (*_private(results, inputs), torch.empty(0, dtype=torch.uint8), [])
     meta, arrays = _api._saved_to_arrays(out.saved)
-    arrays = [np.ascontiguousarray(a) for a in arrays]
-    blob = bytearray(json.dumps({"saved": meta, "shapes": [a.shape for a in arrays]}).encode())
+    arrays = [_dense(a) for a in arrays]
+    shapes = [list(a.shape) for a in arrays]
+    blob = bytearray(json.dumps({"saved": meta, "shapes": shapes}).encode())
     y, h_n, c_n, *saved = _private(results + [_tensor(a.reshape(-1)) for a in arrays], inputs)
-    return y, h_n, c_n, torch.frombuffer(blob, dtype=torch.uint8), saved
+    # meta lives on x's device like every other output (the fake implementation says so)
+    return y, h_n, c_n, torch.frombuffer(blob, dtype=torch.uint8).to(x.device), saved
 
 
 @_forward_op.register_fake
@@ -211,7 +258,7 @@ def _(x, weights, h0, c0, lengths, seed, cell, num_layers, bidirectional, batch_
     ctx = torch.library.get_ctx()  # sizes of what is saved are the engine's business
     bias = _has_bias(weights, num_layers, D, proj_size)
     dtypes = _saved_dtypes(cell, num_layers, bidirectional, bias, proj_size > 0,
-                           lengths is not None, dropout > 0, x.dtype)
+                           lengths is not None, dropout > 0, x.dtype, x.device.type)
     meta = x.new_empty((ctx.new_dynamic_size(),), dtype=torch.uint8)
     return y, h_n, c_n, meta, [x.new_empty((ctx.new_dynamic_size(),), dtype=dt) for dt in dtypes]
 
@@ -226,15 +273,15 @@ def _backward_op(
     """Returns (dx, dh0, dc0 (empty unless LSTM), dweights in _flat_weights order)."""
     if meta.numel() == 0:
         raise RuntimeError("fastrnn::rnn_backward: the forward ran with keep_saved=False")
-    info = json.loads(meta.numpy().tobytes())
-    arrays = [t.numpy().reshape(shape) for t, shape in zip(saved, info["shapes"])]
+    info = json.loads(meta.cpu().numpy().tobytes())
+    arrays = [_numpy(t).reshape(shape) for t, shape in zip(saved, info["shapes"])]
     state = _api._saved_from_arrays(info["saved"], arrays)
     backward = _CELLS[cell][2]
     grads = [_numpy(dy), _numpy(dh_n)] + ([_numpy(dc_n)] if cell == "lstm" else [])
     g = backward(state, *grads)
-    dc0 = g.dc0 if cell == "lstm" else np.zeros(0, g.dh0.dtype)
+    dc0 = g.dc0 if cell == "lstm" else _empty_like_dtype(g.dh0)
     outs = [_sequence_layout(g.dx, batch_first), g.dh0, dc0]
-    outs += [np.ascontiguousarray(w) for w in g.dweights]
+    outs += [_dense(w) for w in g.dweights]
     dx, dh0, dc0, *dweights = _private([_tensor(a) for a in outs], (meta, *saved, dy, dh_n, dc_n))
     return dx, dh0, dc0, dweights
 
@@ -258,7 +305,7 @@ def _setup_context(ctx, inputs, output):
     D = 2 if bidirectional else 1
     ctx.options = (cell, L, bidirectional, batch_first, x.shape[-1],
                    weights[0].shape[0] // _CELLS[cell][0], _has_bias(weights, L, D, P), P)
-    ctx.y_shape, ctx.dtype = output[0].shape, x.dtype
+    ctx.y_shape, ctx.dtype, ctx.device = output[0].shape, x.dtype, x.device
     ctx.has_state = (h0 is not None, c0 is not None)
     ctx.save_for_backward(meta, *saved)
     ctx.set_materialize_grads(False)
@@ -267,7 +314,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved):
     meta, *saved = ctx.saved_tensors
     if dy is None:  # only h_n / c_n were used
-        dy = torch.zeros(ctx.y_shape, dtype=ctx.dtype)
+        dy = torch.zeros(ctx.y_shape, dtype=ctx.dtype, device=ctx.device)
     cell = ctx.options[0]
     dx, dh0, dc0, dweights = _backward_op(meta, saved, dy, dh_n, dc_n if cell == "lstm" else None,
                                           *ctx.options)
