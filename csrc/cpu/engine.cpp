@@ -25,6 +25,7 @@
 #include "fastrnn/cells/rnn.h"
 #include "fastrnn/dropout.h"
 #include "fastrnn/platform.h"
+#include "fastrnn/stack.h"
 
 namespace fastrnn {
 namespace {
@@ -355,14 +356,8 @@ void backward_cell(const BackwardParams<T>& p) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Layers and directions
+// Layers and directions (the order is stack.h's)
 // ---------------------------------------------------------------------------------------
-void check_stack(int L, int D, double dropout) {
-  FASTRNN_CHECK(L >= 1, "num_layers: expected >= 1, got ", L);
-  FASTRNN_CHECK(D == 1 || D == 2, "directions: expected 1 or 2, got ", D);
-  FASTRNN_CHECK(dropout >= 0.0 && dropout <= 1.0, "dropout: expected a value in [0, 1], got ",
-                dropout);
-}
 
 // Inverted dropout in place on a layer's [T, B, D*Hout] output (see dropout.h).
 template <class T>
@@ -382,87 +377,26 @@ void backward(const BackwardParams<T>& p);
 
 template <class T>
 void forward_stack(const StackForwardParams<T>& p) {
-  check_stack(p.L, p.D, p.dropout);
-  const RnnShape& s = p.shape;
-  const int L = p.L, D = p.D;
-  const int64_t B = s.B, H = s.H, Ho = s.hout(), DH = D * Ho, TBDH = s.T * B * DH;
+  const int64_t R = reserve_elements(p.cell, p.shape);
+  const int64_t LD = int64_t(p.L) * p.D, TBDH = p.shape.T * p.shape.B * p.D * p.shape.hout();
   const bool training = p.reserve != nullptr;
-  const bool drop = training && p.dropout > 0.0;
-  const int64_t R = reserve_elements(p.cell, s);
-  T* inputs = training ? p.reserve + int64_t(L) * D * R : nullptr;  // layers 1..L-1
-  auto between = scratch<T>(!training && L > 1 ? 2 * TBDH : 0);      // inference: in turn
-
-  const T* in = p.x;
-  int64_t ld_in = s.I;
-  for (int l = 0; l < L; ++l) {
-    T* out = l == L - 1 ? p.y : training ? inputs + l * TBDH : between.get() + (l & 1) * TBDH;
-    for (int d = 0; d < D; ++d) {
-      const int64_t k = int64_t(l) * D + d;
-      ForwardParams<T> f;
-      f.cell = p.cell;
-      f.shape = s;
-      f.shape.I = l == 0 ? s.I : DH;
-      f.reverse = d == 1;
-      f.lengths = p.lengths;
-      f.x = in;
-      f.ldx = ld_in;
-      f.w = p.w[k];
-      f.h0 = p.h0 + k * B * Ho;
-      f.c0 = p.c0 ? p.c0 + k * B * H : nullptr;
-      f.y = out + d * Ho;
-      f.ldy = DH;
-      f.h_n = p.h_n + k * B * Ho;
-      f.c_n = p.c_n ? p.c_n + k * B * H : nullptr;
-      f.reserve = training ? p.reserve + k * R : nullptr;
-      forward(f);
-    }
-    if (drop && l < L - 1) apply_dropout(out, TBDH, p.dropout, p.seed, l);
-    in = out;
-    ld_in = DH;
-  }
+  auto between = scratch<T>(!training && p.L > 1 ? 2 * TBDH : 0);
+  run_forward_stack(
+      p, [&](int64_t k) { return training ? p.reserve + k * R : nullptr; },
+      training ? p.reserve + LD * R : nullptr, between.get(),
+      [](const ForwardParams<T>& f) { forward(f); },
+      [&](T* a, int64_t n, int layer) { apply_dropout(a, n, p.dropout, p.seed, layer); });
 }
 
 template <class T>
 void backward_stack(const StackBackwardParams<T>& p) {
-  check_stack(p.L, p.D, p.dropout);
-  FASTRNN_CHECK(p.reserve != nullptr, "saved: backward needs the reserve of a training forward");
-  const RnnShape& s = p.shape;
-  const int L = p.L, D = p.D;
-  const int64_t B = s.B, H = s.H, Ho = s.hout(), DH = D * Ho, TBDH = s.T * B * DH;
-  const int64_t R = reserve_elements(p.cell, s);
-  const T* inputs = p.reserve + int64_t(L) * D * R;
-  // dL/d(input of layer l) for l > 0, in turn: layer l reads one while writing the other
-  auto grads = scratch<T>(L > 1 ? 2 * TBDH : 0);
-
-  const T* d_out = p.dy;  // dL/d(output of layer l), [T, B, D*Hout]
-  for (int l = L - 1; l >= 0; --l) {
-    T* d_in = l == 0 ? p.dx : grads.get() + (l & 1) * TBDH;
-    for (int d = 0; d < D; ++d) {
-      const int64_t k = int64_t(l) * D + d;
-      BackwardParams<T> b;
-      b.cell = p.cell;
-      b.shape = s;
-      b.shape.I = l == 0 ? s.I : DH;
-      b.reverse = d == 1;
-      b.lengths = p.lengths;
-      b.x = l == 0 ? p.x : inputs + (l - 1) * TBDH;
-      b.ldx = b.shape.I;
-      b.w = p.w[k];
-      b.reserve = p.reserve + k * R;
-      b.dy = d_out + d * Ho;
-      b.lddy = DH;
-      b.dh_n = p.dh_n ? p.dh_n + k * B * Ho : nullptr;
-      b.dc_n = p.dc_n ? p.dc_n + k * B * H : nullptr;
-      b.dx = d_in;
-      b.accumulate_dx = d > 0;  // both directions read the same input
-      b.dh0 = p.dh0 + k * B * Ho;
-      b.dc0 = p.dc0 ? p.dc0 + k * B * H : nullptr;
-      b.dw = p.dw[k];
-      backward(b);
-    }
-    if (l > 0 && p.dropout > 0.0) apply_dropout(d_in, TBDH, p.dropout, p.seed, l - 1);
-    d_out = d_in;
-  }
+  const int64_t R = reserve_elements(p.cell, p.shape);
+  const int64_t LD = int64_t(p.L) * p.D, TBDH = p.shape.T * p.shape.B * p.D * p.shape.hout();
+  auto grads = scratch<T>(p.L > 1 ? 2 * TBDH : 0);
+  run_backward_stack(
+      p, [&](int64_t k) { return p.reserve + k * R; }, p.reserve + LD * R, grads.get(),
+      [](const BackwardParams<T>& b) { backward(b); },
+      [&](T* a, int64_t n, int layer) { apply_dropout(a, n, p.dropout, p.seed, layer); });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@
 #include "fastrnn/cells/gru.h"
 #include "fastrnn/cells/lstm.h"
 #include "fastrnn/cells/rnn.h"
+#include "fastrnn/stack.h"
 
 namespace fastrnn::cuda {
 
@@ -421,86 +422,33 @@ int64_t stack_reserve_bytes(CellKind cell, const RnnShape& s, int L, int D) {
 
 template <class T>
 void forward_stack(const StackForwardParams<T>& p, cudaStream_t stream) {
-  FASTRNN_CHECK(p.L >= 1 && (p.D == 1 || p.D == 2), "layers/directions out of range");
-  const RnnShape& s = p.shape;
-  const int L = p.L, D = p.D;
-  const int64_t B = s.B, H = s.H, Ho = s.hout(), DH = D * Ho, TBDH = s.T * B * DH;
+  const int64_t R = stack_reserve_bytes<T>(p.cell, p.shape, 1, 1);  // one layer-direction
+  const int64_t LD = int64_t(p.L) * p.D, TBDH = p.shape.T * p.shape.B * p.D * p.shape.hout();
   const bool training = p.reserve != nullptr;
-  const int64_t R = stack_reserve_bytes<T>(p.cell, s, 1, 1);  // one layer-direction
   char* res = reinterpret_cast<char*>(p.reserve);
-  T* inputs = training ? reinterpret_cast<T*>(res + int64_t(L) * D * R) : nullptr;
-  Scratch<T> between(!training && L > 1 ? 2 * TBDH : 0, stream);
-
-  const T* in = p.x;
-  int64_t ld_in = s.I;
-  for (int l = 0; l < L; ++l) {
-    T* out = l == L - 1 ? p.y : training ? inputs + l * TBDH : between.get() + (l & 1) * TBDH;
-    for (int d = 0; d < D; ++d) {
-      const int64_t k = int64_t(l) * D + d;
-      ForwardParams<T> f;
-      f.cell = p.cell;
-      f.shape = s;
-      f.shape.I = l == 0 ? s.I : DH;
-      f.reverse = d == 1;
-      f.lengths = p.lengths;
-      f.x = in;
-      f.ldx = ld_in;
-      f.w = p.w[k];
-      f.h0 = p.h0 + k * B * Ho;
-      f.c0 = p.c0 ? p.c0 + k * B * H : nullptr;
-      f.y = out + d * Ho;
-      f.ldy = DH;
-      f.h_n = p.h_n + k * B * Ho;
-      f.c_n = p.c_n ? p.c_n + k * B * H : nullptr;
-      f.reserve = training ? reinterpret_cast<T*>(res + k * R) : nullptr;
-      with_cell(p.cell, [&](auto c) { forward_cell<decltype(c), T>(f, stream); });
-    }
-    if (training && p.dropout > 0.0 && l < L - 1) dropout_async(out, TBDH, p.dropout, p.seed, l, stream);
-    in = out;
-    ld_in = DH;
-  }
+  Scratch<T> between(!training && p.L > 1 ? 2 * TBDH : 0, stream);
+  run_forward_stack(
+      p, [&](int64_t k) { return training ? reinterpret_cast<T*>(res + k * R) : nullptr; },
+      training ? reinterpret_cast<T*>(res + LD * R) : nullptr, between.get(),
+      [&](const ForwardParams<T>& f) {
+        with_cell(f.cell, [&](auto c) { forward_cell<decltype(c), T>(f, stream); });
+      },
+      [&](T* a, int64_t n, int layer) { dropout_async(a, n, p.dropout, p.seed, layer, stream); });
 }
 
 template <class T>
 void backward_stack(const StackBackwardParams<T>& p, cudaStream_t stream) {
-  FASTRNN_CHECK(p.L >= 1 && (p.D == 1 || p.D == 2), "layers/directions out of range");
-  const RnnShape& s = p.shape;
-  const int L = p.L, D = p.D;
-  const int64_t B = s.B, H = s.H, Ho = s.hout(), DH = D * Ho, TBDH = s.T * B * DH;
-  const int64_t R = stack_reserve_bytes<T>(p.cell, s, 1, 1);
+  const int64_t R = stack_reserve_bytes<T>(p.cell, p.shape, 1, 1);
+  const int64_t LD = int64_t(p.L) * p.D, TBDH = p.shape.T * p.shape.B * p.D * p.shape.hout();
   const char* res = reinterpret_cast<const char*>(p.reserve);
-  const T* inputs = reinterpret_cast<const T*>(res + int64_t(L) * D * R);
-  Scratch<T> grads(L > 1 ? 2 * TBDH : 0, stream);
-
-  const T* d_out = p.dy;
-  for (int l = L - 1; l >= 0; --l) {
-    T* d_in = l == 0 ? p.dx : grads.get() + (l & 1) * TBDH;
-    for (int d = 0; d < D; ++d) {
-      const int64_t k = int64_t(l) * D + d;
-      BackwardParams<T> b;
-      b.cell = p.cell;
-      b.shape = s;
-      b.shape.I = l == 0 ? s.I : DH;
-      b.reverse = d == 1;
-      b.lengths = p.lengths;
-      b.x = l == 0 ? p.x : inputs + (l - 1) * TBDH;
-      b.ldx = b.shape.I;
-      b.w = p.w[k];
-      b.reserve = reinterpret_cast<const T*>(res + k * R);
-      b.dy = d_out + d * Ho;
-      b.lddy = DH;
-      b.dh_n = p.dh_n ? p.dh_n + k * B * Ho : nullptr;
-      b.dc_n = p.dc_n ? p.dc_n + k * B * H : nullptr;
-      b.dx = d_in;
-      b.accumulate_dx = d > 0;
-      b.dh0 = p.dh0 + k * B * Ho;
-      b.dc0 = p.dc0 ? p.dc0 + k * B * H : nullptr;
-      b.dw = p.dw[k];
-      with_cell(p.cell, [&](auto c) { backward_cell<decltype(c), T>(b, stream); });
-    }
-    if (l > 0 && p.dropout > 0.0) dropout_async(d_in, TBDH, p.dropout, p.seed, l - 1, stream);
-    d_out = d_in;
-  }
+  Scratch<T> grads(p.L > 1 ? 2 * TBDH : 0, stream);
+  run_backward_stack(
+      p, [&](int64_t k) { return reinterpret_cast<const T*>(res + k * R); },
+      reinterpret_cast<const T*>(res + LD * R), grads.get(),
+      [&](const BackwardParams<T>& b) {
+        with_cell(b.cell, [&](auto c) { backward_cell<decltype(c), T>(b, stream); });
+      },
+      [&](T* a, int64_t n, int layer) { dropout_async(a, n, p.dropout, p.seed, layer, stream); });
 }
 
 // The CUDA engine's instantiations: every cell × {float, double, half, bfloat16}.

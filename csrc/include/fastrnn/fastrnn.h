@@ -31,4 +31,6 @@
 #include "fastrnn/cells/gru.h"
 #include "fastrnn/cells/rnn.h"
 #include "fastrnn/problem.h"
+#include "fastrnn/dropout.h"
 #include "fastrnn/engine.h"
+#include "fastrnn/stack.h"
