@@ -20,6 +20,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/threads.h"
 #include "fastrnn/cells/gru.h"
 #include "fastrnn/cells/lstm.h"
 #include "fastrnn/cells/rnn.h"
@@ -85,7 +86,12 @@ const CellKernels<T>& kernels_for(CellKind cell) {
   else return kernels().f64[int(cell)];
 }
 
-void check_shape(const RnnShape& s, const int64_t* lengths, bool can_project) {
+void check_shape(const RnnShape& s, const int64_t* lengths, bool can_project, int G,
+                 int64_t ldx, int64_t ldy) {
+  const int64_t kMax = 2147483647;  // BLAS's row strides are 32-bit
+  FASTRNN_CHECK(G * s.H <= kMax && s.I <= kMax && ldx <= kMax && ldy <= kMax,
+                "shape: a matrix row of more than ", kMax, " elements is not supported (G*H=",
+                G * s.H, ", I=", s.I, ")");
   FASTRNN_CHECK(s.T >= 0 && s.B >= 0 && s.I >= 0 && s.H > 0 && s.P >= 0,
                 "shape: expected T, B, I >= 0, H > 0, P >= 0, got T=", s.T, " B=", s.B,
                 " I=", s.I, " H=", s.H, " P=", s.P);
@@ -108,25 +114,37 @@ int64_t projection_chunk(int64_t T, int64_t B) {
   return std::min<int64_t>(T, std::max<int64_t>(16, 4096 / std::max<int64_t>(B, 1)));
 }
 
-// Σ over rows of a [rows, n] block with row stride ld, accumulated in double.
+// Σ over rows of a [rows, n] block with row stride ld, accumulated in double (acc: [n]).
 template <class T>
-void column_sums(const T* a, int64_t rows, int64_t n, int64_t ld, T* out) {
-  auto acc = zeroed<double>(n);
+void column_sums(const T* a, int64_t rows, int64_t n, int64_t ld, double* acc, T* out) {
+  for (int64_t j = 0; j < n; ++j) acc[j] = 0.0;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < n; ++j) acc[j] += a[r * ld + j];
   for (int64_t j = 0; j < n; ++j) out[j] = T(acc[j]);
 }
 
 // ---------------------------------------------------------------------------------------
-// Forward
+// Forward. One parallel region per call: thread tid owns hidden units [j0, j1) (all G gates
+// of them), packs its rows of W_ih and W_hh once, and per step runs its own GEMMs (input
+// projection per chunk of steps, then the recurrent one) and its own pointwise pass; the
+// threads meet at one barrier per step (two for two-phase cells and projections), after
+// which h_t is complete for everyone.
 // ---------------------------------------------------------------------------------------
+
+// Rows g*H + j0 .. g*H + j1 of a [G*H, K] matrix, packed gate-major into [G*(j1-j0), K].
+template <class T>
+void pack_unit_rows(const T* w, int64_t G, int64_t H, int64_t K, int64_t j0, int64_t j1, T* out) {
+  const int64_t n = j1 - j0;
+  for (int64_t g = 0; g < G; ++g) copy_n(out + g * n * K, w + (g * H + j0) * K, n * K);
+}
+
 template <class Cell, class T>
 void forward_cell(const ForwardParams<T>& p) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   const RnnShape& s = p.shape;
-  check_shape(s, p.lengths, Cell::kCanProject);
   const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, Ho = s.hout(), GH = G * H;
   const int64_t ldx = p.ldx ? p.ldx : I, ldy = p.ldy ? p.ldy : Ho;
+  check_shape(s, p.lengths, Cell::kCanProject, G, ldx, ldy);
   const bool training = p.reserve != nullptr;
   const bool projected = P > 0;
   const int rev = p.reverse ? 1 : 0;
@@ -151,92 +169,129 @@ void forward_cell(const ForwardParams<T>& p) {
   copy_n(h_at(first), p.h0, B * Ho);
   if constexpr (Cell::kHasCellState) copy_n(c_at(first), p.c0, B * H);
 
+  ThreadPool& pool = ThreadPool::instance();
   const int64_t Tc = std::max<int64_t>(projection_chunk(T_, B), 1);
-  auto ax = scratch<T>(Tc * B * GH);
-  auto ah = scratch<T>(B * GH);
+  // What a thread keeps per hidden unit it owns: its packed rows of W_ih and W_hh, and its
+  // columns of the input and recurrent projections. Thread buffers start at j0 * per_unit,
+  // so one allocation fits any thread count.
+  const int64_t per_unit = G * (I + Ho) + Tc * B * G + B * G;
+  auto own = scratch<T>(H * per_unit);
+  auto actives = scratch<uint8_t>(pool.size() * B);
   auto saved_step = scratch<T>(!training && Cell::kResetBeforeMatmul ? B * S * H : 0);
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
   auto h_raw = scratch<T>(projected ? B * H : 0);
-  auto h_proj = scratch<T>(projected ? B * P : 0);
-  auto active = scratch<uint8_t>(B);
-  int64_t chunk_lo = 0, chunk_hi = 0;  // time steps [lo, hi) currently projected in ax
 
-  for (int64_t n = 0; n < T_; ++n) {
-    const int64_t t = rev ? T_ - 1 - n : n;
-    if (t < chunk_lo || t >= chunk_hi) {
-      chunk_lo = rev ? std::max<int64_t>(0, t + 1 - Tc) : t;
-      chunk_hi = rev ? t + 1 : std::min(T_, t + Tc);
-      gemm<T>(false, true, (chunk_hi - chunk_lo) * B, GH, I, T(1), p.x + chunk_lo * B * ldx,
-              ldx, p.w.w_ih, I, T(0), ax.get(), GH);
-    }
-    const T* h_prev = training ? h_at(t + rev) : h_at(n);
-    T* h_next = training ? h_at(t + 1 - rev) : h_at(n + 1);
-    if (p.lengths) mark_active(active.get(), p.lengths, B, t);
+  pool.run([&](int tid, int nt) {
+    int64_t j0, j1, p0 = 0, p1 = 0;
+    split(H, tid, nt, 8, j0, j1);
+    if (projected) split(P, tid, nt, 8, p0, p1);
+    const int64_t hs = j1 - j0, Gs = G * hs;
+    T* w_ih = own.get() + j0 * per_unit;  // [G*hs, I]
+    T* w_hh = w_ih + Gs * I;              // [G*hs, Ho]
+    T* ax = w_hh + Gs * Ho;               // [Tc*B, G*hs]
+    T* ah = ax + Tc * B * Gs;             // [B, G*hs]
+    uint8_t* active = actives.get() + tid * B;
+    pack_unit_rows(p.w.w_ih, G, H, I, j0, j1, w_ih);
+    pack_unit_rows(p.w.w_hh, G, H, Ho, j0, j1, w_hh);
+    int64_t lo = 0, hi = 0;  // time steps [lo, hi) currently projected in ax
 
-    StepFwd<T> st;
-    st.B = B;
-    st.H = H;
-    st.ax = ax.get() + (t - chunk_lo) * B * GH;
-    st.ah = ah.get();
-    st.b_ih = b_ih;
-    st.b_hh = b_hh;
-    st.active = p.lengths ? active.get() : nullptr;
-    if constexpr (Cell::kHasCellState) {
-      st.c_prev = training ? c_at(t + rev) : c_at(n);
-      st.c = training ? c_at(t + 1 - rev) : c_at(n + 1);
-    }
-    st.saved = training ? p.reserve + layout.saved + t * B * S * H : saved_step.get();
+    for (int64_t n = 0; n < T_; ++n) {
+      const int64_t t = rev ? T_ - 1 - n : n;
+      if (t < lo || t >= hi) {
+        lo = rev ? std::max<int64_t>(0, t + 1 - Tc) : t;
+        hi = rev ? t + 1 : std::min(T_, t + Tc);
+        gemm<T>(false, true, (hi - lo) * B, Gs, I, T(1), p.x + lo * B * ldx, ldx, w_ih, I, T(0),
+                ax, Gs);
+      }
+      const T* h_prev = training ? h_at(t + rev) : h_at(n);
+      T* h_next = training ? h_at(t + 1 - rev) : h_at(n + 1);
+      if (p.lengths) mark_active(active, p.lengths, B, t);
 
-    if constexpr (Cell::kResetBeforeMatmul) {
-      st.h_prev = h_prev;
-      st.h = h_next;
-      st.y = p.y + t * B * ldy;
-      st.y_ld = ldy;
-      st.rh = rh.get();
-      gemm<T>(false, true, B, 2 * H, Ho, T(1), h_prev, Ho, p.w.w_hh, Ho, T(0), ah.get(), GH);
-      k.forward_gates(st);
-      gemm<T>(false, true, B, H, H, T(1), rh.get(), H, p.w.w_hh + 2 * H * Ho, Ho, T(0),
-              ah.get() + 2 * H, GH);
-      k.forward_state(st);
-    } else {
-      gemm<T>(false, true, B, GH, Ho, T(1), h_prev, Ho, p.w.w_hh, Ho, T(0), ah.get(), GH);
-      if (!training) st.saved = nullptr;
-      if (!projected) {
+      StepFwd<T> st;
+      st.B = B;
+      st.H = H;
+      st.j0 = j0;
+      st.j1 = j1;
+      st.ax = ax + (t - lo) * B * Gs;
+      st.ax_ld = Gs;
+      st.ax_gs = hs;
+      st.ah = ah;
+      st.ah_ld = Gs;
+      st.ah_gs = hs;
+      st.b_ih = b_ih;
+      st.b_hh = b_hh;
+      st.active = p.lengths ? active : nullptr;
+      if constexpr (Cell::kHasCellState) {
+        st.c_prev = training ? c_at(t + rev) : c_at(n);
+        st.c = training ? c_at(t + 1 - rev) : c_at(n + 1);
+      }
+      st.saved = training ? p.reserve + layout.saved + t * B * S * H : saved_step.get();
+
+      if constexpr (Cell::kResetBeforeMatmul) {
         st.h_prev = h_prev;
         st.h = h_next;
         st.y = p.y + t * B * ldy;
         st.y_ld = ldy;
+        st.rh = rh.get();
+        gemm<T>(false, true, B, 2 * hs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(0), ah, Gs);
+        if (hs > 0) k.forward_gates(st);
+        pool.barrier();  // r⊙h complete
+        gemm<T>(false, true, B, hs, H, T(1), rh.get(), H, w_hh + 2 * hs * Ho, Ho, T(0),
+                ah + 2 * hs, Gs);
+        if (hs > 0) k.forward_state(st);
       } else {
-        st.h = h_raw.get();  // padded rows are settled below, after W_hr
-      }
-      (training ? k.forward_train : k.forward_infer)(st);
-      if (projected) {
-        gemm<T>(false, true, B, P, H, T(1), h_raw.get(), H, p.w.w_hr, H, T(0), h_proj.get(), P);
-        T* y = p.y + t * B * ldy;
-        for (int64_t b = 0; b < B; ++b) {
-          const bool on = !p.lengths || active[b];
-          copy_n(h_next + b * P, on ? h_proj.get() + b * P : h_prev + b * P, P);
-          if (on) copy_n(y + b * ldy, h_proj.get() + b * P, P);
-          else std::memset(y + b * ldy, 0, sizeof(T) * size_t(P));
+        gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(0), ah, Gs);
+        if (!training) st.saved = nullptr;
+        if (!projected) {
+          st.h_prev = h_prev;
+          st.h = h_next;
+          st.y = p.y + t * B * ldy;
+          st.y_ld = ldy;
+        } else {
+          st.h = h_raw.get();  // padded rows are settled below, after W_hr
+        }
+        if (hs > 0) (training ? k.forward_train : k.forward_infer)(st);
+        if (projected) {
+          pool.barrier();  // h before W_hr complete
+          // this thread's columns [p0, p1) of h_t = W_hr h_raw, straight into place
+          T* y = p.y + t * B * ldy;
+          for (int64_t b = 0; b < B; ++b) {
+            const bool on = !p.lengths || active[b];
+            if (!on) {
+              copy_n(h_next + b * P + p0, h_prev + b * P + p0, p1 - p0);
+              std::memset(y + b * ldy + p0, 0, sizeof(T) * size_t(p1 - p0));
+            }
+          }
+          gemm<T>(false, true, B, p1 - p0, H, T(1), h_raw.get(), H, p.w.w_hr + p0 * H, H, T(0),
+                  y + p0, ldy);
+          for (int64_t b = 0; b < B; ++b) {
+            const bool on = !p.lengths || active[b];
+            if (on) copy_n(h_next + b * P + p0, y + b * ldy + p0, p1 - p0);
+            else std::memset(y + b * ldy + p0, 0, sizeof(T) * size_t(p1 - p0));
+          }
         }
       }
+      pool.barrier();  // h_t complete for every thread
     }
-  }
+  });
   copy_n(p.h_n, h_at(last), B * Ho);
   if constexpr (Cell::kHasCellState) copy_n(p.c_n, c_at(last), B * H);
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward
+// Backward. One parallel region per call, threads owning the same units as in forward: per
+// step each runs the pointwise backward of its units, the threads meet, and each computes
+// its units' columns of dh_{t-1} = dL/d(pre-activations)·W_hh (a column slice of W_hh, read
+// in place). After the loop the deferred GEMMs are split across the threads by rows.
 // ---------------------------------------------------------------------------------------
 template <class Cell, class T>
 void backward_cell(const BackwardParams<T>& p) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   const RnnShape& s = p.shape;
-  check_shape(s, p.lengths, Cell::kCanProject);
   const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, Ho = s.hout(), GH = G * H;
   const int64_t TB = T_ * B;
   const int64_t ldx = p.ldx ? p.ldx : I, lddy = p.lddy ? p.lddy : Ho;
+  check_shape(s, p.lengths, Cell::kCanProject, G, ldx, lddy);
   const bool projected = P > 0;
   const int rev = p.reverse ? 1 : 0;
   const CellKernels<T>& k = kernels_for<T>(p.cell);
@@ -257,102 +312,140 @@ void backward_cell(const BackwardParams<T>& p) {
   auto dh_raw = scratch<T>(projected ? B * H : 0);
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? TB * H : 0);  // r⊙h per step, for dW_hn
   auto drh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
-  auto active = scratch<uint8_t>(B);
-
-  for (int64_t n = 0; n < T_; ++n) {
-    const int64_t t = rev ? n : T_ - 1 - n;  // the forward's order, reversed
-    if (p.lengths) mark_active(active.get(), p.lengths, B, t);
-    T* dax_t = dax.get() + t * B * GH;
-    T* dah_t = dah + t * B * GH;
-
-    StepBwd<T> st;
-    st.B = B;
-    st.H = H;
-    st.saved = p.reserve + layout.saved + t * B * S * H;
-    st.h_prev = h_hist + (t + rev) * B * Ho;
-    if constexpr (Cell::kHasCellState) {
-      st.c_prev = c_hist + (t + rev) * B * H;
-      st.c = c_hist + (t + 1 - rev) * B * H;
-      st.dc = dc.get();
-    }
-    st.dax = dax_t;
-    st.dah = dah_t;
-    st.active = p.lengths ? active.get() : nullptr;
-
-    if constexpr (Cell::kResetBeforeMatmul) {
-      st.dy = p.dy + t * B * lddy;
-      st.dy_ld = lddy;
-      st.dh = dh.get();
-      st.rh = rh.get() + t * B * H;
-      st.drh = drh.get();
-      k.backward_state(st);
-      // d(r⊙h) = da_n·W_hn, then dh_{t-1} += [da_r, da_z]·W_h{r,z}
-      gemm<T>(false, false, B, H, H, T(1), dax_t + 2 * H, GH, p.w.w_hh + 2 * H * H, H, T(0),
-              drh.get(), H);
-      k.backward_gates(st);
-      gemm<T>(false, false, B, H, 2 * H, T(1), dax_t, GH, p.w.w_hh, H, T(1), dh.get(), H);
-      continue;
-    }
-    if (projected) {
-      // dL/dh_out = carried dh + dy on active rows; there the carried dh is used up (it is
-      // rebuilt by the GEMM below), on padded rows it passes through unchanged.
-      T* dho = d_hout.get() + t * B * P;
-      const T* dy = p.dy + t * B * lddy;
-      for (int64_t b = 0; b < B; ++b) {
-        T* dhb = dh.get() + b * P;
-        if (p.lengths && !active[b]) {
-          std::memset(dho + b * P, 0, sizeof(T) * size_t(P));
-          continue;
-        }
-        for (int64_t j = 0; j < P; ++j) dho[b * P + j] = dhb[j] + dy[b * lddy + j];
-        std::memset(dhb, 0, sizeof(T) * size_t(P));
-      }
-      gemm<T>(false, false, B, H, P, T(1), dho, P, p.w.w_hr, H, T(0), dh_raw.get(), H);
-      st.dh_raw = dh_raw.get();
-      st.h_raw = h_raw.get() + t * B * H;
-      k.backward_projected(st);
-    } else {
-      st.dy = p.dy + t * B * lddy;
-      st.dy_ld = lddy;
-      st.dh = dh.get();
-      k.backward(st);
-    }
-    gemm<T>(false, false, B, Ho, GH, T(1), dah_t, GH, p.w.w_hh, Ho, T(1), dh.get(), Ho);
-  }
-  copy_n(p.dh0, dh.get(), B * Ho);
-  if constexpr (Cell::kHasCellState) copy_n(p.dc0, dc.get(), B * H);
-
-  // Deferred over all T·B rows: dx, dW_ih, dW_hh, dW_hr, biases.
-  gemm<T>(false, false, TB, I, GH, T(1), dax.get(), GH, p.w.w_ih, I,
-          p.accumulate_dx ? T(1) : T(0), p.dx, ldx);
+  ThreadPool& pool = ThreadPool::instance();
+  auto actives = scratch<uint8_t>(pool.size() * B);
   // dW_ih must not see padded steps of x even as 0·x: padding may hold NaN or inf, which
   // torch's PackedSequence never reads either. With lengths, those rows are zeroed in a copy.
-  const T* x_valid = p.x;
-  int64_t ld_valid = ldx;
   auto x_masked = scratch<T>(p.lengths ? TB * I : 0);
-  if (p.lengths) {
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t b = 0; b < B; ++b) {
-        T* row = x_masked.get() + (t * B + b) * I;
-        if (t < p.lengths[b]) copy_n(row, p.x + (t * B + b) * ldx, I);
+  const T* x_valid = p.lengths ? x_masked.get() : p.x;
+  const int64_t ld_valid = p.lengths ? I : ldx;
+  const T* h_prev_all = h_hist + rev * B * Ho;  // [T*B, Ho], row t*B+b = state before step t
+  auto bias_acc = scratch<double>(GH);  // column sums, each thread its own columns
+  // Nothing inside a parallel region may throw (a thread leaving early would leave the others
+  // at a barrier): everything is allocated and checked before it.
+
+  pool.run([&](int tid, int nt) {
+    int64_t j0, j1, p0 = 0, p1 = 0;
+    split(H, tid, nt, 8, j0, j1);
+    if (projected) split(P, tid, nt, 8, p0, p1);
+    const int64_t hs = j1 - j0;
+    uint8_t* active = actives.get() + tid * B;
+
+    for (int64_t n = 0; n < T_; ++n) {
+      const int64_t t = rev ? n : T_ - 1 - n;  // the forward's order, reversed
+      if (p.lengths) mark_active(active, p.lengths, B, t);
+      T* dax_t = dax.get() + t * B * GH;
+      T* dah_t = dah + t * B * GH;
+
+      StepBwd<T> st;
+      st.B = B;
+      st.H = H;
+      st.j0 = j0;
+      st.j1 = j1;
+      st.saved = p.reserve + layout.saved + t * B * S * H;
+      st.h_prev = h_hist + (t + rev) * B * Ho;
+      if constexpr (Cell::kHasCellState) {
+        st.c_prev = c_hist + (t + rev) * B * H;
+        st.c = c_hist + (t + 1 - rev) * B * H;
+        st.dc = dc.get();
+      }
+      st.dax = dax_t;
+      st.dah = dah_t;
+      st.active = p.lengths ? active : nullptr;
+
+      if constexpr (Cell::kResetBeforeMatmul) {
+        st.dy = p.dy + t * B * lddy;
+        st.dy_ld = lddy;
+        st.dh = dh.get();
+        st.rh = rh.get() + t * B * H;
+        st.drh = drh.get();
+        if (hs > 0) k.backward_state(st);
+        pool.barrier();  // da_n complete
+        // d(r⊙h) = da_n·W_hn for my units, then dh_{t-1} += [da_r, da_z]·W_h{r,z}
+        gemm<T>(false, false, B, hs, H, T(1), dax_t + 2 * H, GH, p.w.w_hh + 2 * H * H + j0, H,
+                T(0), drh.get() + j0, H);
+        if (hs > 0) k.backward_gates(st);
+        pool.barrier();  // da_r complete
+        gemm<T>(false, false, B, hs, 2 * H, T(1), dax_t, GH, p.w.w_hh + j0, H, T(1),
+                dh.get() + j0, H);
+      } else if (projected) {
+        // dL/dh_out = carried dh + dy on active rows; there the carried dh is used up (the
+        // GEMM below rebuilds it), on padded rows it passes through unchanged.
+        T* dho = d_hout.get() + t * B * P;
+        const T* dy = p.dy + t * B * lddy;
+        for (int64_t b = 0; b < B; ++b) {
+          T* dhb = dh.get() + b * P;
+          if (p.lengths && !active[b]) {
+            std::memset(dho + b * P + p0, 0, sizeof(T) * size_t(p1 - p0));
+            continue;
+          }
+          for (int64_t j = p0; j < p1; ++j) {
+            dho[b * P + j] = dhb[j] + dy[b * lddy + j];
+            dhb[j] = T(0);
+          }
+        }
+        pool.barrier();  // dL/dh_out complete
+        gemm<T>(false, false, B, hs, P, T(1), dho, P, p.w.w_hr + j0, H, T(0),
+                dh_raw.get() + j0, H);
+        st.dh_raw = dh_raw.get();
+        st.h_raw = h_raw.get() + t * B * H;
+        if (hs > 0) k.backward_projected(st);
+        pool.barrier();  // dL/d(pre-activations) complete
+        gemm<T>(false, false, B, p1 - p0, GH, T(1), dah_t, GH, p.w.w_hh + p0, P, T(1),
+                dh.get() + p0, P);
+      } else {
+        st.dy = p.dy + t * B * lddy;
+        st.dy_ld = lddy;
+        st.dh = dh.get();
+        if (hs > 0) k.backward(st);
+        pool.barrier();  // dL/d(pre-activations) complete
+        gemm<T>(false, false, B, hs, GH, T(1), dah_t, GH, p.w.w_hh + j0, H, T(1),
+                dh.get() + j0, H);
+      }
+    }
+    // Deferred over all T·B rows, split across the threads: dx by rows, the weight
+    // gradients by their rows, the biases by columns.
+    pool.barrier();
+    int64_t r0, r1;
+    split(TB, tid, nt, 1, r0, r1);
+    gemm<T>(false, false, r1 - r0, I, GH, T(1), dax.get() + r0 * GH, GH, p.w.w_ih, I,
+            p.accumulate_dx ? T(1) : T(0), p.dx + r0 * ldx, ldx);
+    if (p.lengths) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t t = r / B, b = r % B;
+        T* row = x_masked.get() + r * I;
+        if (t < p.lengths[b]) copy_n(row, p.x + r * ldx, I);
         else std::memset(row, 0, sizeof(T) * size_t(I));
       }
-    x_valid = x_masked.get();
-    ld_valid = I;
-  }
-  gemm<T>(true, false, GH, I, TB, T(1), dax.get(), GH, x_valid, ld_valid, T(0), p.dw.w_ih, I);
-  const T* h_prev_all = h_hist + rev * B * Ho;  // [T*B, Ho], row t*B+b = state before step t
-  if constexpr (Cell::kResetBeforeMatmul) {
-    gemm<T>(true, false, 2 * H, H, TB, T(1), dax.get(), GH, h_prev_all, H, T(0), p.dw.w_hh, H);
-    gemm<T>(true, false, H, H, TB, T(1), dax.get() + 2 * H, GH, rh.get(), H, T(0),
-            p.dw.w_hh + 2 * H * H, H);
-  } else {
-    gemm<T>(true, false, GH, Ho, TB, T(1), dah, GH, h_prev_all, Ho, T(0), p.dw.w_hh, Ho);
-  }
-  if (p.dw.b_ih) column_sums(dax.get(), TB, GH, GH, p.dw.b_ih);
-  if (p.dw.b_hh) column_sums(dah, TB, GH, GH, p.dw.b_hh);
-  if (projected)
-    gemm<T>(true, false, P, H, TB, T(1), d_hout.get(), P, h_raw.get(), H, T(0), p.dw.w_hr, H);
+      pool.barrier();  // the masked x complete
+    }
+    int64_t g0, g1;
+    split(GH, tid, nt, 8, g0, g1);
+    gemm<T>(true, false, g1 - g0, I, TB, T(1), dax.get() + g0, GH, x_valid, ld_valid, T(0),
+            p.dw.w_ih + g0 * I, I);
+    if constexpr (Cell::kResetBeforeMatmul) {
+      // rows < 2H read h_{t-1}, the n rows read r⊙h_{t-1}
+      const int64_t a0 = std::min(g0, 2 * H), a1 = std::min(g1, 2 * H);
+      gemm<T>(true, false, a1 - a0, H, TB, T(1), dax.get() + a0, GH, h_prev_all, H, T(0),
+              p.dw.w_hh + a0 * H, H);
+      const int64_t n0 = std::max(g0, 2 * H), n1 = std::max(g1, 2 * H);
+      gemm<T>(true, false, n1 - n0, H, TB, T(1), dax.get() + n0, GH, rh.get(), H, T(0),
+              p.dw.w_hh + n0 * H, H);
+    } else {
+      gemm<T>(true, false, g1 - g0, Ho, TB, T(1), dah + g0, GH, h_prev_all, Ho, T(0),
+              p.dw.w_hh + g0 * Ho, Ho);
+    }
+    if (p.dw.b_ih) column_sums(dax.get() + g0, TB, g1 - g0, GH, bias_acc.get() + g0, p.dw.b_ih + g0);
+    if (p.dw.b_hh) column_sums(dah + g0, TB, g1 - g0, GH, bias_acc.get() + g0, p.dw.b_hh + g0);
+    if (projected) {
+      int64_t q0, q1;
+      split(P, tid, nt, 1, q0, q1);
+      gemm<T>(true, false, q1 - q0, H, TB, T(1), d_hout.get() + q0, P, h_raw.get(), H, T(0),
+              p.dw.w_hr + q0 * H, H);
+    }
+  });
+  copy_n(p.dh0, dh.get(), B * Ho);
+  if constexpr (Cell::kHasCellState) copy_n(p.dc0, dc.get(), B * H);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -415,10 +508,10 @@ void backward(const BackwardParams<T>& p) {
 
 std::string simd_level() { return kernels_isa(); }
 std::string blas_info() { return blas_config(); }
-int num_threads() { return blas_threads(); }
+int num_threads() { return ThreadPool::instance().size(); }
 void set_num_threads(int n) {
   FASTRNN_CHECK(n >= 1, "set_num_threads: expected n >= 1, got ", n);
-  set_blas_threads(n);
+  ThreadPool::instance().set_size(n);
 }
 
 // The CPU engine's instantiations: every cell × {float, double}.

@@ -8,13 +8,18 @@
 
 namespace fastrnn::cpu {
 
-// One forward step of one layer-direction, rows [0, B). Row strides: G*H for ax/ah, S*H for
-// saved, H for the rest.
+// One forward step of one layer-direction, rows [0, B), hidden units [j0, j1) (a thread's
+// share). ax and ah point at (row 0, gate 0, unit j0) of their layout, with row stride *_ld
+// and gate stride *_gs (the engine keeps them per thread, packed: ld = G*(j1-j0), gs = j1-j0).
+// Every other array is in the shared layout: row stride S*H for saved, H (y: y_ld) for the
+// rest, gate stride H for the biases, and the kernel touches only its units' columns.
 template <class T>
 struct StepFwd {
-  int64_t B = 0, H = 0;
-  const T* ax = nullptr;      // [B, G*H] W_ih x_t (no bias yet)
-  const T* ah = nullptr;      // [B, G*H] W_hh h_{t-1} (no bias yet); two-phase: see gru.h
+  int64_t B = 0, H = 0, j0 = 0, j1 = 0;
+  const T* ax = nullptr;      // W_ih x_t (no bias yet)
+  int64_t ax_ld = 0, ax_gs = 0;
+  const T* ah = nullptr;      // W_hh h_{t-1} (no bias yet); two-phase: see gru.h
+  int64_t ah_ld = 0, ah_gs = 0;
   const T* b_ih = nullptr;    // [G*H] (zeros when the layer has no bias)
   const T* b_hh = nullptr;    // [G*H]
   const T* h_prev = nullptr;  // [B, H] read when the cell reads it, or to copy padded rows;
@@ -29,9 +34,10 @@ struct StepFwd {
   const uint8_t* active = nullptr;  // [B] 1 = step t is inside sequence b; nullptr = all
 };
 
+// One backward step, rows [0, B), hidden units [j0, j1); every array in the shared layout.
 template <class T>
 struct StepBwd {
-  int64_t B = 0, H = 0;
+  int64_t B = 0, H = 0, j0 = 0, j1 = 0;
   const T* saved = nullptr;   // [B, S*H] from the forward step
   const T* h_prev = nullptr;  // [B, H] when the cell reads it
   const T* c_prev = nullptr;  // [B, H] cells with state

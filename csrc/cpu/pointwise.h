@@ -8,6 +8,7 @@
 //
 // Padded (inactive) rows: forward copies the state through, writes y = 0 and zeros the saved
 // values; backward writes zero pre-activation gradients and leaves dh and dc untouched.
+// Every pass covers the hidden units [j0, j1) of the step struct: one thread's share.
 #pragma once
 
 #include <cstdint>
@@ -27,21 +28,24 @@ namespace detail {
 template <class T>
 inline bool row_active(const uint8_t* active, int64_t b) { return !active || active[b]; }
 template <class T>
-inline void zero(T* p, int64_t n) { std::memset(p, 0, sizeof(T) * static_cast<size_t>(n)); }
+inline void zero(T* p, int64_t n) {
+  if (n > 0) std::memset(p, 0, sizeof(T) * static_cast<size_t>(n));
+}
 template <class T>
 inline void copy(T* __restrict dst, const T* __restrict src, int64_t n) {
-  std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(n));
+  if (n > 0) std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(n));
 }
 
-// Padded row in forward: state through, y = 0, saved = 0.
+// Padded row in forward, units [j0, j1): state through, y = 0, saved = 0.
 template <class Cell, class T>
 inline void forward_padded_row(const StepFwd<T>& s, int64_t b) {
-  const int64_t H = s.H;
-  if (s.h_prev) copy(s.h + b * H, s.h_prev + b * H, H);
-  if constexpr (Cell::kHasCellState) copy(s.c + b * H, s.c_prev + b * H, H);
-  if (s.y) zero(s.y + b * s.y_ld, H);
-  if (s.saved) zero(s.saved + b * Cell::kSaved * H, Cell::kSaved * H);
-  if (s.rh) zero(s.rh + b * H, H);
+  const int64_t H = s.H, j0 = s.j0, n = s.j1 - s.j0;
+  if (s.h_prev) copy(s.h + b * H + j0, s.h_prev + b * H + j0, n);
+  if constexpr (Cell::kHasCellState) copy(s.c + b * H + j0, s.c_prev + b * H + j0, n);
+  if (s.y) zero(s.y + b * s.y_ld + j0, n);
+  if (s.saved)
+    for (int k = 0; k < Cell::kSaved; ++k) zero(s.saved + b * Cell::kSaved * H + k * H + j0, n);
+  if (s.rh) zero(s.rh + b * H + j0, n);
 }
 }  // namespace detail
 
@@ -50,19 +54,20 @@ inline void forward_padded_row(const StepFwd<T>& s, int64_t b) {
 // ---------------------------------------------------------------------------------------
 // The j loops live in functions whose pointers are __restrict parameters: GCC honours
 // restrict there (not on local variables), and without it the vectoriser gives up on the
-// alias checks between the gate-strided reads and the writes.
+// alias checks between the gate-strided reads and the writes. Pointers are at unit j0.
 template <class Cell, class T, bool kTraining, bool kWriteY>
-inline void forward_row(int64_t H, const T* __restrict ax, const T* __restrict ah,
-                        const T* __restrict bi, const T* __restrict bh, const T* __restrict hp,
-                        const T* __restrict cp, T* __restrict h, T* __restrict c,
-                        T* __restrict y, T* __restrict sv) {
+inline void forward_row(int64_t n, const T* __restrict ax, int64_t ax_gs, const T* __restrict ah,
+                        int64_t ah_gs, const T* __restrict bi, const T* __restrict bh,
+                        int64_t b_gs, const T* __restrict hp, const T* __restrict cp,
+                        T* __restrict h, T* __restrict c, T* __restrict y, T* __restrict sv,
+                        int64_t sv_gs) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     T a_x[G], a_h[G], keep[S], hn, cn = T(0);
     FASTRNN_UNROLL
     for (int g = 0; g < G; ++g) {
-      a_x[g] = ax[g * H + j] + bi[g * H + j];
-      a_h[g] = ah[g * H + j] + bh[g * H + j];
+      a_x[g] = ax[g * ax_gs + j] + bi[g * b_gs + j];
+      a_h[g] = ah[g * ah_gs + j] + bh[g * b_gs + j];
     }
     Cell::forward(a_x, a_h, Cell::kReadsHPrev ? hp[j] : T(0),
                   Cell::kHasCellState ? cp[j] : T(0), keep, hn, cn);
@@ -71,26 +76,26 @@ inline void forward_row(int64_t H, const T* __restrict ax, const T* __restrict a
     if constexpr (Cell::kHasCellState) c[j] = cn;
     if constexpr (kTraining)
       FASTRNN_UNROLL
-      for (int k = 0; k < S; ++k) sv[k * H + j] = keep[k];
+      for (int k = 0; k < S; ++k) sv[k * sv_gs + j] = keep[k];
   }
 }
 
 template <class Cell, class T, bool kTraining>
 void forward_step(const StepFwd<T>& s) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
-  const int64_t H = s.H;
+  constexpr int S = Cell::kSaved;
+  const int64_t H = s.H, j0 = s.j0, n = s.j1 - s.j0;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) {
       detail::forward_padded_row<Cell>(s, b);
       continue;
     }
-    const T* hp = Cell::kReadsHPrev ? s.h_prev + b * H : nullptr;
-    const T* cp = Cell::kHasCellState ? s.c_prev + b * H : nullptr;
-    T* c = Cell::kHasCellState ? s.c + b * H : nullptr;
-    T* sv = kTraining ? s.saved + b * S * H : nullptr;
+    const T* hp = Cell::kReadsHPrev ? s.h_prev + b * H + j0 : nullptr;
+    const T* cp = Cell::kHasCellState ? s.c_prev + b * H + j0 : nullptr;
+    T* c = Cell::kHasCellState ? s.c + b * H + j0 : nullptr;
+    T* sv = kTraining ? s.saved + b * S * H + j0 : nullptr;
     auto row = s.y ? &forward_row<Cell, T, kTraining, true> : &forward_row<Cell, T, kTraining, false>;
-    row(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh, hp, cp, s.h + b * H, c,
-        s.y ? s.y + b * s.y_ld : nullptr, sv);
+    row(n, s.ax + b * s.ax_ld, s.ax_gs, s.ah + b * s.ah_ld, s.ah_gs, s.b_ih + j0, s.b_hh + j0, H,
+        hp, cp, s.h + b * H + j0, c, s.y ? s.y + b * s.y_ld + j0 : nullptr, sv, H);
   }
 }
 
@@ -98,12 +103,12 @@ void forward_step(const StepFwd<T>& s) {
 // Backward, one-phase cells
 // ---------------------------------------------------------------------------------------
 template <class Cell, class T, bool kProjected>
-inline void backward_row(int64_t H, const T* __restrict sv, const T* __restrict hp,
+inline void backward_row(int64_t n, int64_t H, const T* __restrict sv, const T* __restrict hp,
                          const T* __restrict cp, const T* __restrict cc, const T* __restrict dy,
                          const T* __restrict dhr, T* __restrict dh, T* __restrict hr,
                          T* __restrict dc, T* __restrict dax, T* __restrict dah) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     T keep[S], d_x[G], d_h[G], dh_prev = T(0);
     FASTRNN_UNROLL
     for (int k = 0; k < S; ++k) keep[k] = sv[k * H + j];
@@ -128,40 +133,43 @@ inline void backward_row(int64_t H, const T* __restrict sv, const T* __restrict 
 template <class Cell, class T, bool kProjected>
 void backward_step(const StepBwd<T>& s) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  const int64_t H = s.H;
+  const int64_t H = s.H, j0 = s.j0, n = s.j1 - s.j0;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) {
-      detail::zero(s.dax + b * G * H, G * H);
-      if constexpr (Cell::kSplitRecurrentGrad) detail::zero(s.dah + b * G * H, G * H);
-      if constexpr (kProjected) detail::zero(s.h_raw + b * H, H);
+      for (int g = 0; g < G; ++g) {
+        detail::zero(s.dax + b * G * H + g * H + j0, n);
+        if constexpr (Cell::kSplitRecurrentGrad) detail::zero(s.dah + b * G * H + g * H + j0, n);
+      }
+      if constexpr (kProjected) detail::zero(s.h_raw + b * H + j0, n);
       continue;
     }
-    auto at = [b, H](auto* p) { return p ? p + b * H : nullptr; };
+    auto at = [b, H, j0](auto* p) { return p ? p + b * H + j0 : nullptr; };
     backward_row<Cell, T, kProjected>(
-        H, s.saved + b * S * H, Cell::kReadsHPrev ? at(s.h_prev) : nullptr,
+        n, H, s.saved + b * S * H + j0, Cell::kReadsHPrev ? at(s.h_prev) : nullptr,
         Cell::kHasCellState ? at(s.c_prev) : nullptr, Cell::kHasCellState ? at(s.c) : nullptr,
-        kProjected ? nullptr : s.dy + b * s.dy_ld, kProjected ? at(s.dh_raw) : nullptr,
+        kProjected ? nullptr : s.dy + b * s.dy_ld + j0, kProjected ? at(s.dh_raw) : nullptr,
         kProjected ? nullptr : at(s.dh), kProjected ? at(s.h_raw) : nullptr,
-        Cell::kHasCellState ? at(s.dc) : nullptr, s.dax + b * G * H,
-        Cell::kSplitRecurrentGrad ? s.dah + b * G * H : nullptr);
+        Cell::kHasCellState ? at(s.dc) : nullptr, s.dax + b * G * H + j0,
+        Cell::kSplitRecurrentGrad ? s.dah + b * G * H + j0 : nullptr);
   }
 }
 
 // ---------------------------------------------------------------------------------------
-// Two-phase cells (GRU, reset before the matmul). Phase 1 runs after the GEMM of rows
-// [0, 2H); phase 2 after the GEMM of the n rows on r⊙h. saved is always written.
+// Two-phase cells (GRU, reset before the matmul). Phase 1 runs after the GEMM of the r and z
+// rows; phase 2 after the GEMM of the n rows on r⊙h. saved is always written.
 // ---------------------------------------------------------------------------------------
 template <class Cell, class T>
-inline void forward_gates_row(int64_t H, const T* __restrict ax, const T* __restrict ah,
-                              const T* __restrict bi, const T* __restrict bh,
-                              const T* __restrict hp, T* __restrict sv, T* __restrict rh) {
+inline void forward_gates_row(int64_t n, const T* __restrict ax, int64_t ax_gs,
+                              const T* __restrict ah, int64_t ah_gs, const T* __restrict bi,
+                              const T* __restrict bh, int64_t H, const T* __restrict hp,
+                              T* __restrict sv, T* __restrict rh) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     T a_x[G], a_h[G], keep[S], rhj;
     FASTRNN_UNROLL
     for (int g = 0; g < 2; ++g) {
-      a_x[g] = ax[g * H + j] + bi[g * H + j];
-      a_h[g] = ah[g * H + j] + bh[g * H + j];
+      a_x[g] = ax[g * ax_gs + j] + bi[g * H + j];
+      a_h[g] = ah[g * ah_gs + j] + bh[g * H + j];
     }
     Cell::forward_gates(a_x, a_h, hp[j], keep, rhj);
     sv[0 * H + j] = keep[0];
@@ -171,15 +179,15 @@ inline void forward_gates_row(int64_t H, const T* __restrict ax, const T* __rest
 }
 
 template <class Cell, class T>
-inline void forward_state_row(int64_t H, const T* __restrict ax, const T* __restrict ah,
-                              const T* __restrict bi, const T* __restrict bh,
-                              const T* __restrict hp, T* __restrict sv, T* __restrict h,
-                              T* __restrict y) {
+inline void forward_state_row(int64_t n, const T* __restrict ax, int64_t ax_gs,
+                              const T* __restrict ah, int64_t ah_gs, const T* __restrict bi,
+                              const T* __restrict bh, int64_t H, const T* __restrict hp,
+                              T* __restrict sv, T* __restrict h, T* __restrict y) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     T a_x[G], a_h[G], keep[S], hn;
-    a_x[2] = ax[2 * H + j] + bi[2 * H + j];
-    a_h[2] = ah[2 * H + j] + bh[2 * H + j];
+    a_x[2] = ax[2 * ax_gs + j] + bi[2 * H + j];
+    a_h[2] = ah[2 * ah_gs + j] + bh[2 * H + j];
     keep[0] = sv[0 * H + j];
     keep[1] = sv[1 * H + j];
     Cell::forward_state(a_x, a_h, hp[j], keep, hn);
@@ -191,34 +199,38 @@ inline void forward_state_row(int64_t H, const T* __restrict ax, const T* __rest
 
 template <class Cell, class T>
 void forward_gates_step(const StepFwd<T>& s) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
-  const int64_t H = s.H;
+  constexpr int S = Cell::kSaved;
+  const int64_t H = s.H, j0 = s.j0, n = s.j1 - s.j0;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) {
       detail::forward_padded_row<Cell>(s, b);
       continue;
     }
-    forward_gates_row<Cell, T>(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh,
-                               s.h_prev + b * H, s.saved + b * S * H, s.rh + b * H);
+    forward_gates_row<Cell, T>(n, s.ax + b * s.ax_ld, s.ax_gs, s.ah + b * s.ah_ld, s.ah_gs,
+                               s.b_ih + j0, s.b_hh + j0, H, s.h_prev + b * H + j0,
+                               s.saved + b * S * H + j0, s.rh + b * H + j0);
   }
 }
 
 template <class Cell, class T>
 void forward_state_step(const StepFwd<T>& s) {
-  constexpr int G = Cell::kGates, S = Cell::kSaved;
-  const int64_t H = s.H;
+  constexpr int S = Cell::kSaved;
+  const int64_t H = s.H, j0 = s.j0, n = s.j1 - s.j0;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) continue;  // handled by the gates pass
-    forward_state_row<Cell, T>(H, s.ax + b * G * H, s.ah + b * G * H, s.b_ih, s.b_hh,
-                               s.h_prev + b * H, s.saved + b * S * H, s.h + b * H, s.y + b * s.y_ld);
+    forward_state_row<Cell, T>(n, s.ax + b * s.ax_ld, s.ax_gs, s.ah + b * s.ah_ld, s.ah_gs,
+                               s.b_ih + j0, s.b_hh + j0, H, s.h_prev + b * H + j0,
+                               s.saved + b * S * H + j0, s.h + b * H + j0,
+                               s.y + b * s.y_ld + j0);
   }
 }
 
 template <class Cell, class T>
-inline void backward_state_row(int64_t H, const T* __restrict sv, const T* __restrict hp,
-                               const T* __restrict dy, T* __restrict dh, T* __restrict dax) {
+inline void backward_state_row(int64_t n, int64_t H, const T* __restrict sv,
+                               const T* __restrict hp, const T* __restrict dy, T* __restrict dh,
+                               T* __restrict dax) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     T keep[S], d_x[G], dh_prev;
     FASTRNN_UNROLL
     for (int k = 0; k < S; ++k) keep[k] = sv[k * H + j];
@@ -230,11 +242,11 @@ inline void backward_state_row(int64_t H, const T* __restrict sv, const T* __res
 }
 
 template <class Cell, class T>
-inline void backward_gates_row(int64_t H, const T* __restrict sv, const T* __restrict hp,
-                               const T* __restrict drh, T* __restrict dh, T* __restrict dax,
-                               T* __restrict rh) {
+inline void backward_gates_row(int64_t n, int64_t H, const T* __restrict sv,
+                               const T* __restrict hp, const T* __restrict drh, T* __restrict dh,
+                               T* __restrict dax, T* __restrict rh) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     T keep[S], d_x[G], dhj = dh[j], rhj;
     keep[0] = sv[0 * H + j];
     Cell::backward_gates(keep, hp[j], drh[j], d_x, dhj, rhj);
@@ -247,26 +259,28 @@ inline void backward_gates_row(int64_t H, const T* __restrict sv, const T* __res
 template <class Cell, class T>
 void backward_state_step(const StepBwd<T>& s) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  const int64_t H = s.H;
+  const int64_t H = s.H, j0 = s.j0, n = s.j1 - s.j0;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) {
-      detail::zero(s.dax + b * G * H, G * H);
-      detail::zero(s.rh + b * H, H);
+      for (int g = 0; g < G; ++g) detail::zero(s.dax + b * G * H + g * H + j0, n);
+      detail::zero(s.rh + b * H + j0, n);
       continue;
     }
-    backward_state_row<Cell, T>(H, s.saved + b * S * H, s.h_prev + b * H, s.dy + b * s.dy_ld,
-                                s.dh + b * H, s.dax + b * G * H);
+    backward_state_row<Cell, T>(n, H, s.saved + b * S * H + j0, s.h_prev + b * H + j0,
+                                s.dy + b * s.dy_ld + j0, s.dh + b * H + j0,
+                                s.dax + b * G * H + j0);
   }
 }
 
 template <class Cell, class T>
 void backward_gates_step(const StepBwd<T>& s) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
-  const int64_t H = s.H;
+  const int64_t H = s.H, j0 = s.j0, n = s.j1 - s.j0;
   for (int64_t b = 0; b < s.B; ++b) {
     if (!detail::row_active<T>(s.active, b)) continue;  // zeroed by the state pass
-    backward_gates_row<Cell, T>(H, s.saved + b * S * H, s.h_prev + b * H, s.drh + b * H,
-                                s.dh + b * H, s.dax + b * G * H, s.rh + b * H);
+    backward_gates_row<Cell, T>(n, H, s.saved + b * S * H + j0, s.h_prev + b * H + j0,
+                                s.drh + b * H + j0, s.dh + b * H + j0, s.dax + b * G * H + j0,
+                                s.rh + b * H + j0);
   }
 }
 

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: MIT
+// cpu/threads.h — the CPU engine's own threads. One pool for the process; a call runs one
+// parallel region, fn(tid, nthreads) on every thread (the caller is tid 0), and the threads
+// meet at barrier() inside it (one per time step in the recurrent loop). BLAS runs
+// single-threaded inside the region: all parallelism is the engine's, so two pools never
+// fight over the cores.
+//
+// Thread safety: regions are serialised. A call that finds the pool busy (another Python
+// thread is inside a kernel) runs its region on its own thread alone, fn(0, 1): the engine's
+// code is correct for any thread count, so concurrent calls are safe and never wait.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastrnn::cpu {
+
+class ThreadPool {
+ public:
+  static ThreadPool& instance();
+
+  int size() const { return size_; }
+  void set_size(int n);  // n >= 1; takes effect for the next region
+
+  // Run fn(tid, n) on n = size() threads (or 1, see above) and return when all are done.
+  void run(const std::function<void(int, int)>& fn);
+
+  // Inside run(): wait until every thread of the region has arrived.
+  void barrier();
+
+  ~ThreadPool();
+
+ private:
+  ThreadPool();
+  void worker(int tid, uint64_t seen);
+  void stop_workers();
+  void start_workers(int n);
+
+  int size_ = 1;
+  std::vector<std::thread> workers_;
+  std::mutex region_;  // one region at a time
+  // dispatch of a region to the workers
+  std::mutex m_;
+  std::condition_variable cv_;
+  const std::function<void(int, int)>* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int active_ = 1;       // threads in the current region
+  bool quit_ = false;
+  std::atomic<int> done_{0};
+  // barrier: arrivals counted, the last one advances the phase; waiters spin, then sleep
+  std::atomic<int> arrived_{0};
+  std::atomic<uint32_t> phase_{0};
+  std::mutex bm_;
+  std::condition_variable bcv_;
+  static thread_local int region_threads_;
+};
+
+// [lo, hi) of `n` items for thread tid of nt, in multiples of `align` where possible.
+inline void split(int64_t n, int tid, int nt, int64_t align, int64_t& lo, int64_t& hi) {
+  const int64_t blocks = (n + align - 1) / align;
+  const int64_t b0 = blocks * tid / nt, b1 = blocks * (tid + 1) / nt;
+  lo = std::min(n, b0 * align);
+  hi = std::min(n, b1 * align);
+}
+
+}  // namespace fastrnn::cpu
