@@ -1,0 +1,254 @@
+# SPDX-License-Identifier: MIT
+"""fastrnn's LSTM / GRU / RNN kernels as differentiable JAX functions (CPU).
+
+    import fastrnn.jax
+    y, h_n, c_n = fastrnn.jax.lstm(x, weights)             # weights: torch _flat_weights order
+    y, h_n = fastrnn.jax.gru(x, weights, linear_before_reset=False)
+    y, h_n = fastrnn.jax.rnn(x, weights, nonlinearity="relu")
+
+Same arguments as the functional API (`fastrnn.lstm_forward` etc.): `x`, `weights`, `h0`
+(and `c0`), `num_layers`, `bidirectional`, `batch_first`, `lengths`, `dropout`, `seed`,
+`proj_size` (LSTM), `training`, `backend`, `linear_before_reset` (GRU), `nonlinearity` (RNN).
+They return `(y, h_n, c_n)` for the LSTM and `(y, h_n)` for the GRU and RNN, as JAX arrays, and
+are differentiable with respect to `x`, `weights`, `h0` and `c0` (reverse mode: `jax.grad`,
+`jax.vjp`). They work eagerly, under `jax.jit` and under `jax.vmap` (one kernel call per batch
+element). `training` only switches inter-layer dropout on, as in the functional API; gradients
+are available either way. Dropout needs an explicit `seed` (JAX has no global random state):
+a Python int, or an integer scalar array (for example drawn from a `jax.random` key) that may
+be traced.
+
+How it is built, and what it costs
+- Each function is a `jax.custom_vjp`. Its primal, forward and backward rules call
+  `fastrnn._api` (never `_core`) through `jax.pure_callback`. That is a host round trip per
+  call: XLA hands the operands to Python as NumPy arrays (no copy on the CPU), the GIL is taken,
+  the kernel runs, and the results are copied back into XLA buffers. For RNN-sized work (a
+  sequence of GEMMs) this is small next to the kernel, but it is a synchronisation point that
+  XLA cannot fuse or overlap, and the arrays live in host memory: on a GPU JAX backend the data
+  would cross to the host and back. The XLA FFI would avoid the Python round trip, but it needs a
+  compiled handler (C++), which this adapter does not add.
+- What backward needs crosses from the forward rule to the backward rule as arrays (the
+  residuals): `_api._saved_to_arrays` turns the functional API's `saved` into plain metadata and
+  arrays, and `_api._saved_from_arrays` rebuilds it in the backward callback; nothing is
+  recomputed. x and the weights are among those arrays (the functional API keeps its own copy),
+  so a differentiated call holds them twice until backward.
+- `pure_callback` needs the exact shapes and dtypes of its results when the function is traced.
+  Outputs follow from the inputs, but the saved arrays (the engine's reserve, or the reference's
+  per-step caches when the compiled engine is missing) are the engine's business. They are
+  learnt by a *probe*: the functional API itself runs once on zeros of the real shapes and
+  options, at trace time, and its `saved` is measured (`_probe`, cached per configuration).
+  That costs one forward per new configuration and stays correct for every engine, where
+  computing sizes here would duplicate the engine's reserve layout (or reach into `_core`). The
+  probe also validates the arguments, so a wrong shape or dtype raises the functional API's
+  ValueError / TypeError, naming the argument, when the function is called or traced, not from
+  inside XLA. Values (lengths in [0, T]) are checked when the kernel runs: an out-of-range
+  length fails there, inside the callback.
+"""
+
+import collections
+import functools
+import json
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _api
+
+__all__ = ["lstm", "gru", "rnn"]
+
+# cell name -> (gates G, functional forward, functional backward)
+_CELLS = {
+    "lstm": (4, _api.lstm_forward, _api.lstm_backward),
+    "gru": (3, _api.gru_forward, _api.gru_backward),
+    "rnn": (1, _api.rnn_forward, _api.rnn_backward),
+}
+
+# Everything static about one call (hashable: it is custom_vjp's non-differentiable argument).
+#   options   sorted (name, value) keyword arguments for _api's forward, except `training`,
+#             `dropout` and `seed`
+#   dropout   the dropout _api applies (0.0 unless training)
+#   seed      the static seed (int), or None when it is a traced operand
+#   meta      _saved_to_arrays' metadata of a training forward, as JSON
+#   out       ShapeDtypeStructs of (y, h_n[, c_n]); saved: of the saved arrays
+_Spec = collections.namedtuple("_Spec", ["cell", "options", "dropout", "training", "seed",
+                                         "meta", "out", "saved", "has_h0", "has_c0"])
+
+
+def _struct(a):
+    return jax.ShapeDtypeStruct(tuple(a.shape), np.dtype(a.dtype))
+
+
+def _zeros(struct):
+    return None if struct is None else np.zeros(struct.shape, struct.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _probe(cell, options, dropout, seed, x, weights, h0, c0, lengths):
+    """Run the functional API once, on zeros of these shapes and dtypes (ShapeDtypeStructs),
+    with training=True; return (meta JSON, output structs, saved-array structs). Raises the
+    functional API's ValueError / TypeError for bad shapes, dtypes or options."""
+    _, forward, _ = _CELLS[cell]
+    kw = dict(options)
+    if lengths is not None:  # any valid lengths: sizes do not depend on their values
+        T = x.shape[1] if kw.get("batch_first") else x.shape[0]
+        lengths = np.full(lengths.shape, T if len(lengths.shape) == 1 else 0, lengths.dtype)
+    c = {"c0": _zeros(c0)} if cell == "lstm" else {}
+    out = forward(_zeros(x), [_zeros(w) for w in weights], _zeros(h0), **c, lengths=lengths,
+                  dropout=dropout, seed=seed if seed is not None else 0, training=True, **kw)
+    meta, arrays = _api._saved_to_arrays(out.saved)
+    outs = (out.y, out.h_n) + ((out.c_n,) if cell == "lstm" else ())
+    return (json.dumps(meta), tuple(_struct(a) for a in outs),
+            tuple(_struct(np.asarray(a)) for a in arrays))
+
+
+def _host(a):
+    return None if a is None else np.asarray(a)
+
+
+def _call_forward(spec, training, x, weights, h0, c0, lengths, seed):
+    """The functional forward on host arrays (inside a callback)."""
+    _, forward, _ = _CELLS[spec.cell]
+    c = {"c0": _host(c0)} if spec.cell == "lstm" else {}
+    return forward(np.asarray(x), [np.asarray(w) for w in weights], _host(h0), **c,
+                   lengths=_host(lengths), dropout=spec.dropout if spec.training else 0.0,
+                   seed=spec.seed if seed is None else int(seed), training=training,
+                   **dict(spec.options))
+
+
+def _outputs(spec, out):
+    outs = (out.y, out.h_n) + ((out.c_n,) if spec.cell == "lstm" else ())
+    return tuple(np.ascontiguousarray(a) for a in outs)
+
+
+def _primal_callback(spec, x, weights, h0, c0, lengths, seed):
+    # training=True only when dropout must apply; nothing is kept for backward
+    out = _call_forward(spec, spec.training and spec.dropout > 0, x, weights, h0, c0, lengths, seed)
+    return _outputs(spec, out)
+
+
+def _forward_callback(spec, x, weights, h0, c0, lengths, seed):
+    out = _call_forward(spec, True, x, weights, h0, c0, lengths, seed)
+    _, arrays = _api._saved_to_arrays(out.saved)
+    return _outputs(spec, out), tuple(np.asarray(a) for a in arrays)
+
+
+def _backward_callback(spec, saved, seed, cotangents):
+    _, _, backward = _CELLS[spec.cell]
+    meta = json.loads(spec.meta)
+    if seed is not None:  # a traced seed: the probe's metadata holds a placeholder
+        meta["seed"] = int(seed)
+    state = _api._saved_from_arrays(meta, [np.asarray(a) for a in saved])
+    grads = backward(state, *[np.asarray(c) for c in cotangents])
+    result = [grads.dx]
+    if spec.has_h0:
+        result.append(grads.dh0)
+    if spec.has_c0:
+        result.append(grads.dc0)
+    return tuple(np.ascontiguousarray(a) for a in result), tuple(np.ascontiguousarray(w) for w in grads.dweights)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _run(spec, x, weights, h0, c0, lengths, seed):
+    return jax.pure_callback(functools.partial(_primal_callback, spec), spec.out,
+                             x, weights, h0, c0, lengths, seed, vmap_method="sequential")
+
+
+def _run_fwd(spec, x, weights, h0, c0, lengths, seed):
+    outs, saved = jax.pure_callback(functools.partial(_forward_callback, spec),
+                                    (spec.out, spec.saved), x, weights, h0, c0, lengths, seed,
+                                    vmap_method="sequential")
+    return outs, (saved, seed, x, weights, h0, c0)
+
+
+def _run_bwd(spec, residuals, cotangents):
+    saved, seed, x, weights, h0, c0 = residuals
+    state_structs = [_struct(x)] + [_struct(a) for a in (h0, c0) if a is not None]
+    states, dweights = jax.pure_callback(
+        functools.partial(_backward_callback, spec),
+        (tuple(state_structs), tuple(_struct(w) for w in weights)),
+        saved, seed, tuple(cotangents), vmap_method="sequential")
+    states = list(states)
+    dx = states.pop(0)
+    dh0 = states.pop(0) if h0 is not None else None
+    dc0 = states.pop(0) if c0 is not None else None
+    return dx, list(dweights), dh0, dc0, None, None
+
+
+_run.defvjp(_run_fwd, _run_bwd)
+
+
+def _array(a, name):
+    try:
+        return jnp.asarray(a)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected an array, got {type(a).__name__} ({exc})") from None
+
+
+def _apply(cell, x, weights, h0, c0, dropout, seed, training, lengths, options):
+    if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+        raise TypeError(f"weights: expected a list or tuple of arrays in torch _flat_weights "
+                        f"order, got {type(weights).__name__}")
+    x = _array(x, "x")
+    weights = [_array(w, f"weights[{k}]") for k, w in enumerate(weights)]
+    h0 = None if h0 is None else _array(h0, "h0")
+    c0 = None if c0 is None else _array(c0, "c0")
+    lengths = None if lengths is None else _array(lengths, "lengths")
+    training = _api._bool_option(training, "training")
+    dropout = _api._dropout_option(dropout)  # checked always; applied only when training
+    dropout = dropout if training else 0.0
+    static_seed, seed_operand = None, None
+    if seed is None:
+        if dropout > 0:
+            raise ValueError("seed: expected an int or an integer scalar array when dropout > 0 "
+                             "and training (JAX has no global random state), got None")
+        static_seed = 0
+    elif isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
+        static_seed = int(seed)
+    else:
+        seed_operand = _array(seed, "seed")
+        if seed_operand.shape != () or not jnp.issubdtype(seed_operand.dtype, jnp.integer):
+            raise TypeError(f"seed: expected an int or an integer scalar array, got an array of "
+                            f"shape {seed_operand.shape} and dtype {seed_operand.dtype}")
+    options = tuple(sorted(options.items()))
+    structs = (_struct(x), tuple(_struct(w) for w in weights),
+               None if h0 is None else _struct(h0), None if c0 is None else _struct(c0),
+               None if lengths is None else _struct(lengths))
+    meta, out, saved = _probe(cell, options, dropout, static_seed, *structs)
+    spec = _Spec(cell, options, dropout, training, static_seed, meta, out, saved,
+                 h0 is not None, c0 is not None)
+    return _run(spec, x, weights, h0, c0, lengths, seed_operand)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+
+
+def lstm(x, weights, h0=None, c0=None, *, num_layers=1, bidirectional=False, batch_first=False,
+         lengths=None, dropout=0.0, seed=None, proj_size=0, training=False, backend=None):
+    """LSTM (PyTorch/cuDNN maths, gate order i, f, g, o); arguments as `fastrnn.lstm_forward`.
+    Returns (y, h_n, c_n); differentiable in x, weights, h0 and c0."""
+    return _apply("lstm", x, weights, h0, c0, dropout, seed, training, lengths,
+                  dict(num_layers=num_layers, bidirectional=bidirectional,
+                       batch_first=batch_first, proj_size=proj_size, backend=backend))
+
+
+def gru(x, weights, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
+        lengths=None, dropout=0.0, seed=None, training=False, backend=None,
+        linear_before_reset=True):
+    """GRU (gate order r, z, n; `linear_before_reset` picks the variant); arguments as
+    `fastrnn.gru_forward`. Returns (y, h_n); differentiable in x, weights and h0."""
+    return _apply("gru", x, weights, h0, None, dropout, seed, training, lengths,
+                  dict(num_layers=num_layers, bidirectional=bidirectional,
+                       batch_first=batch_first, backend=backend,
+                       linear_before_reset=linear_before_reset))
+
+
+def rnn(x, weights, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
+        lengths=None, dropout=0.0, seed=None, training=False, backend=None,
+        nonlinearity="tanh"):
+    """Elman RNN, h' = act(W_ih x + b_ih + W_hh h + b_hh); arguments as `fastrnn.rnn_forward`.
+    Returns (y, h_n); differentiable in x, weights and h0."""
+    return _apply("rnn", x, weights, h0, None, dropout, seed, training, lengths,
+                  dict(num_layers=num_layers, bidirectional=bidirectional,
+                       batch_first=batch_first, backend=backend, nonlinearity=nonlinearity))
