@@ -6,6 +6,8 @@ check  the compiled engine against the NumPy reference on random problems, every
        variant, float64 and float32, forward and backward: a table of max errors and times;
        exits 1 if any error is outside its budget
 bench  the benchmark behind fastrnn's speed claims (see fastrnn/_bench.py)
+demo   the classic RNN applications, end to end on fastrnn (examples/, shipped as
+       fastrnn.examples): char-rnn, digits, ptb; `demo NAME --help` for each
 """
 
 import argparse
@@ -16,6 +18,9 @@ import time
 import numpy as np
 
 from . import _api, _backends, _bench
+
+# demo name -> module of examples/ (fastrnn.examples in an installed wheel)
+DEMOS = {"char-rnn": "char_rnn", "digits": "digits", "ptb": "ptb"}
 
 # (label, cell, keyword arguments)
 VARIANTS = [
@@ -105,6 +110,23 @@ def check(T=24, B=12, I=40, H=64, L=2, D=2, seed=0, out=sys.stdout):
     return all_ok
 
 
+def _demo_module(name):
+    """The demo's module: fastrnn.examples.<name> when installed from a wheel, else the
+    checkout's examples/ folder (an editable install made before examples/ was mapped)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"fastrnn.examples.{DEMOS[name]}")
+    except ImportError:
+        import os
+
+        root = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples")
+        if not os.path.isfile(os.path.join(root, f"{DEMOS[name]}.py")):
+            raise
+        sys.path.insert(0, os.path.abspath(root))
+        return importlib.import_module(DEMOS[name])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m fastrnn",
                                  description="fastrnn: fused LSTM/GRU/RNN kernels.")
@@ -115,9 +137,14 @@ def main(argv=None):
     pc.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     sub.add_parser("bench", help="benchmark against the reference and torch.nn (see bench --help)",
                    add_help=False)
+    pd = sub.add_parser("demo", help="run a classic RNN application: " + ", ".join(DEMOS)
+                        + " (demo NAME --help)", add_help=False)
+    pd.add_argument("name", choices=sorted(DEMOS), help="which demo")
     args, rest = ap.parse_known_args(argv)
     if args.command == "bench":
         return _bench.main(rest)
+    if args.command == "demo":
+        return _demo_module(args.name).main(rest)
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":

