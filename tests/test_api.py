@@ -438,3 +438,28 @@ def test_core_stub_matches_the_extension():
     assert _api._GRU[False].kind == int(core.CellKind.GRU_RESET_BEFORE)
     assert _api._RNN["tanh"].kind == int(core.CellKind.RNN_TANH)
     assert _api._RNN["relu"].kind == int(core.CellKind.RNN_RELU)
+
+
+def _forked_forward(x, weights, queue):
+    queue.put(fastrnn.lstm_forward(x, weights, backend="cpu").y)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_engine_works_in_a_forked_child(restore_threads):
+    """A forked child (DataLoader worker, multiprocessing) inherits the thread pool but not its
+    threads; it must start its own rather than wait forever for the parent's."""
+    import multiprocessing
+
+    fastrnn.set_num_threads(2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((12, 8, 16))
+    weights = [rng.uniform(-0.2, 0.2, s) for s in [(64, 16), (64, 16), (64,), (64,)]]
+    want = fastrnn.lstm_forward(x, weights, backend="cpu").y  # the pool is running now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forked_forward, args=(x, weights, queue))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, want)

@@ -3,7 +3,10 @@
 // between regions and spin, then sleep, at barriers, where the wait is a few microseconds.
 #include "cpu/threads.h"
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <new>
 
 #include "cpu/gemm.h"
 
@@ -17,8 +20,26 @@ ThreadPool& ThreadPool::instance() {
 }
 
 // OpenBLAS runs single-threaded from here on (its calls from several threads at once are
-// safe): every thread of a region calls it on its own share.
-ThreadPool::ThreadPool() { set_blas_threads(1); }
+// safe): every thread of a region calls it on its own share. A forked child (a DataLoader
+// worker, multiprocessing) inherits the pool but not its threads: it starts fresh ones.
+ThreadPool::ThreadPool() {
+  set_blas_threads(1);
+  pthread_atfork(nullptr, nullptr, [] { instance().after_fork_in_child(); });
+}
+
+void ThreadPool::after_fork_in_child() {
+  // The parent's threads and any lock they held do not exist here: forget them without
+  // joining or unlocking (placement-new leaks the old handles, as it must).
+  new (&workers_) std::vector<std::thread>();
+  new (&region_) std::mutex();
+  new (&m_) std::mutex();
+  new (&cv_) std::condition_variable();
+  new (&bm_) std::mutex();
+  new (&bcv_) std::condition_variable();
+  generation_ = 0;
+  quit_ = false;
+  start_workers(size_);
+}
 
 ThreadPool::~ThreadPool() { stop_workers(); }
 

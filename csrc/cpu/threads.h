@@ -40,6 +40,7 @@ class ThreadPool {
   void worker(int tid, uint64_t seen);
   void stop_workers();
   void start_workers(int n);
+  void after_fork_in_child();
 
   int size_ = 1;
   std::vector<std::thread> workers_;
