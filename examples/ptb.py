@@ -98,7 +98,9 @@ def run_epoch(model, data, state, opt=None, lr=None, max_steps=None, bar=None, d
                                                      t.reshape(-1))
         if opt is not None:
             opt.zero_grad()
-            loss.backward()
+            # the tutorial's cost: summed over the STEPS time steps, averaged over the batch
+            # (a per-token mean would make lr 1.0 35x smaller in effect)
+            (loss * STEPS).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
             for g in opt.param_groups:
                 g["lr"] = lr
