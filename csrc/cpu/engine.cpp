@@ -21,30 +21,12 @@
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/threads.h"
-#include "fastrnn/cells/gru.h"
-#include "fastrnn/cells/lstm.h"
-#include "fastrnn/cells/rnn.h"
+#include "fastrnn/cells/all.h"
 #include "fastrnn/dropout.h"
 #include "fastrnn/platform.h"
 #include "fastrnn/stack.h"
 
 namespace fastrnn {
-namespace {
-
-// The one switch from CellKind to a Cell type: f(Cell{}) for the cell of `kind`.
-template <class F>
-decltype(auto) with_cell(CellKind kind, F&& f) {
-  switch (kind) {
-    case CellKind::kLstm: return f(Lstm{});
-    case CellKind::kGru: return f(Gru{});
-    case CellKind::kGruResetBefore: return f(GruResetBefore{});
-    case CellKind::kRnnTanh: return f(RnnTanh{});
-    case CellKind::kRnnRelu: return f(RnnRelu{});
-  }
-  throw std::invalid_argument(check_msg("cell: unknown cell kind ", int(kind)));
-}
-
-}  // namespace
 
 int gate_count(CellKind cell) {
   return with_cell(cell, [](auto c) { return decltype(c)::kGates; });

@@ -19,9 +19,7 @@
 #include "cuda/engine.h"
 #include "cuda/persistent.cuh"
 #include "cuda/pointwise.cuh"
-#include "fastrnn/cells/gru.h"
-#include "fastrnn/cells/lstm.h"
-#include "fastrnn/cells/rnn.h"
+#include "fastrnn/cells/all.h"
 #include "fastrnn/stack.h"
 
 namespace fastrnn::cuda {
@@ -49,17 +47,6 @@ bool use_persistent(int64_t B, int64_t H, int64_t P, bool backward, persistent::
   }
 }
 
-template <class F>
-decltype(auto) with_cell(CellKind kind, F&& f) {
-  switch (kind) {
-    case CellKind::kLstm: return f(Lstm{});
-    case CellKind::kGru: return f(Gru{});
-    case CellKind::kGruResetBefore: return f(GruResetBefore{});
-    case CellKind::kRnnTanh: return f(RnnTanh{});
-    case CellKind::kRnnRelu: return f(RnnRelu{});
-  }
-  throw std::invalid_argument(check_msg("cell: unknown cell kind ", int(kind)));
-}
 
 // Scratch of n elements from the stream-ordered pool; std::bad_alloc when the GPU is full.
 template <class E>
