@@ -150,11 +150,18 @@ def test_padding_is_never_read_on_gpu():
 
 
 def test_outputs_follow_the_input_device_and_stream():
+    """Outputs land on the input's device; the stream handed to the engine is the caller's
+    current one (checked directly: a result computed on the wrong stream would still read back
+    correctly after a device-wide synchronisation, so values alone cannot show it)."""
+    from fastrnn import _device
+
     weights, arrays = problem("lstm", {}, T=5, B=4, I=6, H=8, L=1, D=1)
     dev = on_gpu(torch.float32)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        out = fastrnn.lstm_forward(dev(arrays["x"]), [dev(w) for w in weights])
+        x = dev(arrays["x"])
+        assert _device.current_stream(x, x.device) == stream.cuda_stream
+        out = fastrnn.lstm_forward(x, [dev(w) for w in weights])
     stream.synchronize()
     assert out.y.device.type == "cuda" and out.h_n.device == out.y.device
     ref = fastrnn.lstm_forward(arrays["x"].astype(np.float32),

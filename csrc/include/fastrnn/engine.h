@@ -115,15 +115,17 @@ int gate_count(CellKind cell);
 
 namespace cpu {
 
-// Run on the calling thread (BLAS may use its own threads); throw std::invalid_argument for
-// sizes the engine cannot index and std::bad_alloc when scratch memory cannot be had.
+// Run on the engine's own thread pool (cpu/threads.h; the calling thread takes part, BLAS runs
+// single-threaded inside it) and return when done; throw std::invalid_argument for sizes the
+// engine cannot index and std::bad_alloc when scratch memory cannot be had (both before any
+// thread starts work). Safe to call from several threads at once.
 template <class T> void forward(const ForwardParams<T>& p);
 template <class T> void backward(const BackwardParams<T>& p);
 template <class T> void forward_stack(const StackForwardParams<T>& p);
 template <class T> void backward_stack(const StackBackwardParams<T>& p);
 
 // What the CPU build uses, for fastrnn.backends(): the pointwise kernels' instruction set
-// ("avx2+fma" or "baseline"), the BLAS's own description, and thread control.
+// ("avx2+fma" or "baseline"), the BLAS's own description, and the pool's thread count.
 std::string simd_level();
 std::string blas_info();
 int num_threads();
