@@ -158,12 +158,13 @@ void forward_cell(const ForwardParams<T>& p) {
   // so one allocation fits any thread count.
   const int64_t per_unit = G * (I + Ho) + Tc * B * G + B * G;
   auto own = scratch<T>(H * per_unit);
-  auto actives = scratch<uint8_t>(pool.size() * B);
+  const int max_threads = pool.size();  // the region gets at most this many
+  auto actives = scratch<uint8_t>(max_threads * B);
   auto saved_step = scratch<T>(!training && Cell::kResetBeforeMatmul ? B * S * H : 0);
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
   auto h_raw = scratch<T>(projected ? B * H : 0);
 
-  pool.run([&](int tid, int nt) {
+  pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
     split(H, tid, nt, 8, j0, j1);
     if (projected) split(P, tid, nt, 8, p0, p1);
@@ -295,7 +296,8 @@ void backward_cell(const BackwardParams<T>& p) {
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? TB * H : 0);  // r⊙h per step, for dW_hn
   auto drh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
   ThreadPool& pool = ThreadPool::instance();
-  auto actives = scratch<uint8_t>(pool.size() * B);
+  const int max_threads = pool.size();  // the region gets at most this many
+  auto actives = scratch<uint8_t>(max_threads * B);
   // dW_ih must not see padded steps of x even as 0·x: padding may hold NaN or inf, which
   // torch's PackedSequence never reads either. With lengths, those rows are zeroed in a copy.
   auto x_masked = scratch<T>(p.lengths ? TB * I : 0);
@@ -306,7 +308,7 @@ void backward_cell(const BackwardParams<T>& p) {
   // Nothing inside a parallel region may throw (a thread leaving early would leave the others
   // at a barrier): everything is allocated and checked before it.
 
-  pool.run([&](int tid, int nt) {
+  pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
     split(H, tid, nt, 8, j0, j1);
     if (projected) split(P, tid, nt, 8, p0, p1);

@@ -38,7 +38,7 @@ void ThreadPool::after_fork_in_child() {
   new (&bcv_) std::condition_variable();
   generation_ = 0;
   quit_ = false;
-  start_workers(size_);
+  start_workers(size());
 }
 
 ThreadPool::~ThreadPool() { stop_workers(); }
@@ -68,9 +68,9 @@ void ThreadPool::start_workers(int n) {
 void ThreadPool::set_size(int n) {
   std::lock_guard<std::mutex> region(region_);
   n = std::max(1, n);
-  if (n == size_) return;
+  if (n == size()) return;
   stop_workers();
-  size_ = n;
+  size_.store(n, std::memory_order_release);
   start_workers(n);
 }
 
@@ -94,16 +94,16 @@ void ThreadPool::worker(int tid, uint64_t seen) {
   }
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& fn) {
-  std::unique_lock<std::mutex> region(region_, std::try_to_lock);
-  if (!region.owns_lock() || size_ == 1) {  // busy, or nothing to share: this thread alone
+void ThreadPool::run(int max_threads, const std::function<void(int, int)>& fn) {
+  std::unique_lock<std::mutex> region(region_);  // fn must not call run(): not reentrant
+  const int n = std::min(size(), std::max(max_threads, 1));
+  if (n == 1) {  // nothing to share: this thread alone
     const int saved = region_threads_;
     region_threads_ = 1;
     fn(0, 1);
     region_threads_ = saved;
     return;
   }
-  const int n = size_;
   done_.store(0, std::memory_order_relaxed);
   arrived_.store(0, std::memory_order_relaxed);
   {

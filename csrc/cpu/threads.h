@@ -6,8 +6,11 @@
 // fight over the cores.
 //
 // Thread safety: regions are serialised. A call that finds the pool busy (another Python
-// thread is inside a kernel) runs its region on its own thread alone, fn(0, 1): the engine's
-// code is correct for any thread count, so concurrent calls are safe and never wait.
+// thread is inside a kernel) waits for it, then runs on all the threads: every call gets the
+// thread count it was set for, so its results are the same bits as when the calls run one
+// after another (the last bits of a GEMM depend on how its columns are split, see README).
+// set_size() waits for the running region too, and a region never has more threads than
+// the caller sized its per-thread buffers for (run's max_threads).
 #pragma once
 
 #include <atomic>
@@ -24,11 +27,13 @@ class ThreadPool {
  public:
   static ThreadPool& instance();
 
-  int size() const { return size_; }
+  int size() const { return size_.load(std::memory_order_acquire); }
   void set_size(int n);  // n >= 1; takes effect for the next region
 
-  // Run fn(tid, n) on n = size() threads (or 1, see above) and return when all are done.
-  void run(const std::function<void(int, int)>& fn);
+  // Run fn(tid, n) on n = min(size(), max_threads) threads and return when all are done.
+  // Pass max_threads = the size() that per-thread buffers were allocated for. Not
+  // reentrant: fn must not call run().
+  void run(int max_threads, const std::function<void(int, int)>& fn);
 
   // Inside run(): wait until every thread of the region has arrived.
   void barrier();
@@ -42,7 +47,7 @@ class ThreadPool {
   void start_workers(int n);
   void after_fork_in_child();
 
-  int size_ = 1;
+  std::atomic<int> size_{1};  // written under region_, read by callers sizing their buffers
   std::vector<std::thread> workers_;
   std::mutex region_;  // one region at a time
   // dispatch of a region to the workers
