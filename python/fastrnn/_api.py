@@ -11,6 +11,7 @@ Shapes follow the legend of DESIGN.md (T, B, I, H, P, G, D, L); Hout = P if P > 
 """
 
 import collections
+import contextlib
 import numbers
 
 import numpy as np
@@ -164,7 +165,13 @@ def _lengths_array(lengths, T, B):
     if lengths is None:
         return None
     if isinstance(lengths, (list, tuple)):
-        lengths = np.asarray(lengths)
+        # [] is the lengths of B = 0 sequences (NumPy alone would make it float64); a ragged
+        # list is no array at all (NumPy raises a ValueError that names nothing)
+        try:
+            lengths = np.asarray(lengths) if len(lengths) else np.zeros(0, np.int64)
+        except ValueError as exc:
+            raise TypeError(f"lengths: expected a flat list of ints, got a ragged "
+                            f"{type(lengths).__name__} ({exc})") from None
     arr = _to_numpy(lengths, "lengths")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected an integer array, got dtype {arr.dtype}")
@@ -177,6 +184,30 @@ def _lengths_array(lengths, T, B):
 
 def _host_dense(a, copy):
     return np.array(a, order="C", copy=True) if copy else np.ascontiguousarray(a)
+
+
+def _human_bytes(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+@contextlib.contextmanager
+def _memory_for(call, sizes, parts, itemsize):
+    """Turn a failed allocation inside the block into a MemoryError that names the call, its
+    sizes and the arrays it needs (parts: name -> element count, exact Python ints, so sizes
+    past 64 bits are reported rather than overflowing), instead of NumPy's or C++'s bare
+    message. Nothing is left half-written: outputs are only returned from a finished block."""
+    try:
+        yield
+    except MemoryError as exc:
+        need = ", ".join(f"{name} {_human_bytes(n * itemsize)}" for name, n in parts.items() if n)
+        shape = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise MemoryError(
+            f"{call}: not enough memory for {shape}: it needs about {need} "
+            f"(allocation failed: {exc or type(exc).__name__})"
+        ) from None
 
 
 def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy, as_array=None,
@@ -361,27 +392,31 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
     Hout = proj_size if proj_size > 0 else H
     lengths = _lengths_array(lengths, T, B)
 
-    if h0 is None:
-        h0 = np.zeros((L * D, B, Hout), dtype)
-    else:
-        h0 = _float_array(h0, "h0", dtype)
-        _expect_shape(h0, (L * D, B, Hout), "h0")
-    if cell.has_c:
-        if c0 is None:
-            c0 = np.zeros((L * D, B, H), dtype)
-        else:
-            c0 = _float_array(c0, "c0", dtype)
-            _expect_shape(c0, (L * D, B, H), "c0")
-    h0 = np.ascontiguousarray(h0)
-    c0 = np.ascontiguousarray(c0) if cell.has_c else None
-
     # When training, saved must own what backward reads: the caller may change x or a weight
     # in place between forward and backward (torch catches that with version counters; NumPy
     # cannot), so x and the weights are copied (once: the copy is also the dense layout the
     # engines need).
-    xs = np.array(xs, order="C", copy=True) if training else np.ascontiguousarray(xs)
-    y, h_n, c_n, state = _stack_forward(engine, cell, xs, layers, h0, c0, lengths, L, D,
-                                        dropout, seed, training, H, proj_size, has_bias)
+    sizes = dict(T=T, B=B, I=I, H=H, num_layers=L, directions=D)
+    parts = {"a dense copy of x": T * B * I if training or not xs.flags.c_contiguous else 0,
+             "y": T * B * D * Hout,
+             "the training reserve": T * B * L * D * (cell.gates + 2) * H if training else 0}
+    with _memory_for(f"{cell.name}_forward", sizes, parts, dtype.itemsize):
+        if h0 is None:
+            h0 = np.zeros((L * D, B, Hout), dtype)
+        else:
+            h0 = _float_array(h0, "h0", dtype)
+            _expect_shape(h0, (L * D, B, Hout), "h0")
+        if cell.has_c:
+            if c0 is None:
+                c0 = np.zeros((L * D, B, H), dtype)
+            else:
+                c0 = _float_array(c0, "c0", dtype)
+                _expect_shape(c0, (L * D, B, H), "c0")
+        h0 = np.ascontiguousarray(h0)
+        c0 = np.ascontiguousarray(c0) if cell.has_c else None
+        xs = np.array(xs, order="C", copy=True) if training else np.ascontiguousarray(xs)
+        y, h_n, c_n, state = _stack_forward(engine, cell, xs, layers, h0, c0, lengths, L, D,
+                                            dropout, seed, training, H, proj_size, has_bias)
     saved = None
     if training:
         saved = _Saved()
@@ -428,7 +463,10 @@ def _backward(cell, saved, dy, dh_n, dc_n):
         _expect_shape(dc_n, (L * D, B, H), "dc_n")
         dc_n = np.ascontiguousarray(dc_n)
 
-    dx, dh0, dc0, flat = _stack_backward(saved, dy, dh_n, dc_n)
+    sizes = dict(T=T, B=B, I=I, H=H, num_layers=L, directions=D)
+    parts = {"dx": T * B * I, "scratch": T * B * D * (cell.gates * H + Hout)}
+    with _memory_for(f"{cell.name}_backward", sizes, parts, dtype.itemsize):
+        dx, dh0, dc0, flat = _stack_backward(saved, dy, dh_n, dc_n)
     if saved.batch_first:
         dx = dx.transpose(1, 0, 2)
     return RNNGrads(_wrap_like(dx, like), _wrap_like(dh0, like), _wrap_like(dc0, like),
