@@ -164,6 +164,61 @@ def test_float32_error_within_naive_budget(cell, kw, lengths):
 
 
 # ----------------------------------------------------------------------------------------------
+# The float32 activations, read through the engine (so the instruction set it picked is the
+# one tested): a 1-unit RNN with w_ih = 1 and h0 = 0 outputs tanh(x); a 1-unit GRU whose x
+# reaches only the z gate (w_ih = [0, 1, 0]), with h0 = 1 and n = tanh(0) = 0, outputs
+# h' = (1 - z)·0 + z·1 = σ(x). Both exactly: no other rounding on the way.
+
+ACTIVATIONS_SCRIPT = """
+import json, sys
+import numpy as np, fastrnn
+a = np.arange(-100, 100, 1e-4, dtype=np.float64).astype(np.float32)  # 2,000,000 points
+a = np.unique(np.concatenate([a, np.linspace(15, 18, 200001, dtype=np.float32)]))  # σ near 1
+x = a.reshape(1, -1, 1)
+zero = np.zeros((3, 1), np.float32)
+sigmoid = fastrnn.gru_forward(x, [np.array([[0], [1], [0]], np.float32), zero], backend="cpu",
+                              h0=np.ones((1, a.size, 1), np.float32)).y.ravel()
+tanh = fastrnn.rnn_forward(x, [np.ones((1, 1), np.float32), np.zeros((1, 1), np.float32)],
+                           backend="cpu").y.ravel()
+a64 = a.astype(np.float64)
+report = {"simd": fastrnn.backends()["cpu"]["simd"]}
+for name, got, exact in [("sigmoid", sigmoid, 1 / (1 + np.exp(-a64))), ("tanh", tanh, np.tanh(a64))]:
+    normal = np.abs(exact) >= np.finfo(np.float32).tiny  # below it float32 has fewer bits
+    rel = np.abs(got - exact)[normal] / np.abs(exact)[normal]
+    nearest = exact.astype(np.float32)
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - nearest.view(np.int32).astype(np.int64))
+    report[name] = {"max_rel": float(rel.max()), "max_ulps": int(ulps.max())}
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("simd", ["auto", "baseline"])
+def test_float32_activations_within_two_ulps(simd):
+    """σ and tanh on 2.2M points of [-100, 100]: within 1.8e-7 relative of the exact value where
+    it is a normal float, and within 2 ulps of the nearest float32 everywhere (σ near 1, where
+    1 − σ in a saturated gate depends on it, and subnormal σ included)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("FASTRNN_SIMD", None)
+    if simd == "baseline":
+        env["FASTRNN_SIMD"] = "baseline"
+    run = subprocess.run([sys.executable, "-c", ACTIVATIONS_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    print(report)
+    if simd == "baseline":
+        assert report["simd"] == "baseline"
+    for name in ("sigmoid", "tanh"):
+        assert report[name]["max_rel"] <= 1.8e-7, (name, report[name])
+        assert report[name]["max_ulps"] <= 2, (name, report[name])
+
+
+# ----------------------------------------------------------------------------------------------
 # Special values and edge cases
 
 
