@@ -1,0 +1,316 @@
+# SPDX-License-Identifier: MIT
+"""Reliability of the compiled CPU engine beyond single correct calls: concurrency (the GIL is
+released; calls from many Python threads give the serial results bit for bit; the engine's
+thread pool survives being resized under load), determinism (bitwise, run after run and
+process after process, at a fixed thread count), resources (no memory growth over thousands
+of training calls; no heap allocation per time step, counted by a preloaded malloc; T = 100,000
+in loops, not recursion), numerics at the extremes (saturation without overflow warnings) and
+out-of-memory as a clear MemoryError.
+
+Not here: bad arguments (test_errors.py, test_fuzz.py), NaN/Inf propagation (test_engine.py),
+the sanitizer and valgrind jobs (.ci/run).
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from _tolerances import (F32_ATOL_FLOOR, SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL,
+                         assert_close)
+from test_api import VARIANTS, Problem, assert_bitwise, assert_same_maths, restore_threads  # noqa: F401
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# CI's sanitizer job (.ci/sanitize) preloads AddressSanitizer, which owns malloc and keeps
+# freed memory in quarantine: allocation counts and resident memory are not ours to read then.
+SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def child(code, env=None, timeout=300):
+    """Run `code` in a fresh Python (tests/ on its path); return its stdout. A crash fails."""
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=timeout, cwd=HERE, env={**os.environ, **(env or {})})
+    assert run.returncode == 0, f"child exited {run.returncode}:\n{run.stderr[-3000:]}"
+    return run.stdout
+
+
+def digest(result):
+    """One hash of every array of a {name: array} result, names and dtypes included."""
+    h = hashlib.sha256()
+    for name in sorted(result):
+        a = np.ascontiguousarray(result[name])
+        h.update(f"{name}:{a.dtype}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# A size with work for every thread (H split in blocks of 8), odd so edges are exercised.
+SIZES = dict(T=7, B=9, I=13, H=37)
+
+
+# ----------------------------------------------------------------------------------------------
+# Concurrency
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_concurrent_calls_give_the_serial_results(threads, restore_threads):
+    """8 Python threads each run forward + backward of every variant in both dtypes 3 times,
+    all at once: every result is bitwise the one the same call gives alone."""
+    fastrnn.set_num_threads(threads)
+    problems = [Problem(v, dtype=dt, seed=k, **SIZES)
+                for k, (v, dt) in enumerate((v, dt) for v in VARIANTS for dt in (np.float32, np.float64))]
+    serial = [p.run("cpu") for p in problems]
+    failures, start = [], threading.Barrier(8)
+
+    def worker(offset):
+        start.wait()
+        try:
+            for rep in range(3):
+                for k in range(len(problems)):
+                    i = (k + offset + rep) % len(problems)  # threads start on different calls
+                    assert_bitwise(problems[i].run("cpu"), serial[i], f"problem {i}")
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            failures.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not failures, failures[0]
+
+
+def test_resizing_the_pool_under_load(restore_threads):
+    """set_num_threads while other Python threads are inside kernels: every result is still
+    right (against the reference; a call may run at the old or the new thread count)."""
+    problems = [Problem(v, **SIZES) for v in VARIANTS]
+    expected = [p.run("reference") for p in problems]
+    failures, stop = [], threading.Event()
+
+    def worker():
+        try:
+            while not stop.is_set():
+                for p, e in zip(problems, expected):
+                    assert_same_maths(p.run("cpu"), e, p.variant)
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            failures.append(exc)
+
+    pool = [threading.Thread(target=worker) for _ in range(4)]
+    for t in pool:
+        t.start()
+    try:
+        for n in [1, 3, 2, 4, 1, 2] * 5:
+            fastrnn.set_num_threads(n)
+    finally:
+        stop.set()
+        for t in pool:
+            t.join()
+    assert not failures, failures[0]
+
+
+def test_kernels_release_the_gil():
+    """While one thread is inside a long kernel, another runs Python code. The kernel thread
+    signals just before entering it; the main thread then does a few thousand iterations of
+    Python work and looks whether the kernel has returned: with the GIL held through the
+    kernel, the main thread could not have run until after it returned."""
+    p = Problem("lstm", T=4000, B=64, I=64, H=128, L=1, D=1, lengths=None, dtype=np.float32)
+    entered, returned = threading.Event(), threading.Event()
+
+    def kernel():
+        entered.set()
+        fastrnn.lstm_forward(p.x, p.weights, backend="cpu")
+        returned.set()
+
+    t = threading.Thread(target=kernel)
+    t.start()
+    entered.wait()
+    work = sum(i * i for i in range(20000))  # Python bytecode: needs the GIL
+    finished_first = not returned.is_set()
+    t.join()
+    assert work > 0
+    assert finished_first, "the main thread could not run while the kernel ran: GIL held?"
+
+
+# ----------------------------------------------------------------------------------------------
+# Determinism
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bitwise_reproducible_at_a_fixed_thread_count(variant, threads, restore_threads):
+    """The same call, repeated, with other thread counts in between, and in a fresh process,
+    gives bitwise the same outputs and gradients, in float32 and float64."""
+    for dtype in (np.float32, np.float64):
+        problem = Problem(variant, dtype=dtype, **SIZES)
+        fastrnn.set_num_threads(threads)
+        first = problem.run("cpu")
+        for other in (1, 2, 3):
+            fastrnn.set_num_threads(other)
+            problem.run("cpu")
+            fastrnn.set_num_threads(threads)
+            assert_bitwise(problem.run("cpu"), first, f"after a run at {other} threads:")
+        if dtype == np.float32 and threads == 2:  # one process per variant is enough
+            out = child(f"""
+                import numpy as np, fastrnn
+                from test_reliability import Problem, SIZES, digest
+                fastrnn.set_num_threads({threads})
+                print(digest(Problem({variant!r}, dtype=np.float32, **SIZES).run("cpu")))
+            """)
+            assert out.strip() == digest(first), "a fresh process gave other bits"
+
+
+# ----------------------------------------------------------------------------------------------
+# Resources
+
+
+@pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's quarantine holds freed memory")
+def test_no_memory_growth_over_thousands_of_training_calls():
+    """3,000 forward + backward calls (every variant, after 300 to warm up) in a fresh process:
+    its resident memory grows by less than 4 MiB (a leak of one small reserve per call would
+    be 3,000 x 10 KiB = 30 MiB)."""
+    out = child("""
+        import numpy as np, fastrnn
+        from test_reliability import Problem, VARIANTS
+
+        def rss_kib():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * (__import__("os").sysconf("SC_PAGE_SIZE") // 1024)
+
+        problems = [Problem(v, T=9, B=5, I=11, H=19) for v in VARIANTS]
+        for _ in range(50):
+            for p in problems:
+                p.run("cpu")
+        before = rss_kib()
+        for _ in range(500):
+            for p in problems:
+                p.run("cpu")
+        print(before, rss_kib())
+    """)
+    before, after = map(int, out.split())
+    assert after - before < 4096, f"resident memory grew {after - before} KiB over 3,000 calls"
+
+
+# A malloc that counts: preloaded into a child process, it sees every heap allocation of the
+# process (C++ new, NumPy, Python's large objects, OpenBLAS) and hands it to glibc.
+COUNTING_MALLOC = r"""
+#include <stdatomic.h>
+#include <stddef.h>
+extern void* __libc_malloc(size_t);
+extern void* __libc_calloc(size_t, size_t);
+extern void* __libc_realloc(void*, size_t);
+extern void* __libc_memalign(size_t, size_t);
+static atomic_long allocations;
+long counted_allocations(void) { return atomic_load(&allocations); }
+void* malloc(size_t n) { atomic_fetch_add(&allocations, 1); return __libc_malloc(n); }
+void* calloc(size_t k, size_t n) { atomic_fetch_add(&allocations, 1); return __libc_calloc(k, n); }
+void* realloc(void* p, size_t n) { atomic_fetch_add(&allocations, 1); return __libc_realloc(p, n); }
+void* memalign(size_t a, size_t n) { atomic_fetch_add(&allocations, 1); return __libc_memalign(a, n); }
+void* aligned_alloc(size_t a, size_t n) { return memalign(a, n); }
+int posix_memalign(void** p, size_t a, size_t n) { *p = memalign(a, n); return *p ? 0 : 12; }
+"""
+
+
+@pytest.fixture(scope="module")
+def counting_malloc(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("malloc")
+    source, library = directory / "counting_malloc.c", directory / "counting_malloc.so"
+    source.write_text(COUNTING_MALLOC)
+    cc = os.environ.get("CC", "cc")
+    build = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(library), str(source)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, f"{cc} could not build the counting malloc:\n{build.stderr}"
+    return str(library)
+
+
+@pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's malloc is the one preloaded")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_allocation_per_time_step(variant, counting_malloc):
+    """Count the heap allocations of one forward + backward call (2 engine threads) with a
+    counting malloc, at T=40 and T=400: equal, so nothing is allocated per time step. (Every
+    T-dependent array is above NumPy's small-block cache at both lengths, so NumPy makes the
+    same calls too.)"""
+    counts = {}
+    for T in (40, 400):
+        out = child(f"""
+            import ctypes, numpy as np, fastrnn
+            from test_reliability import Problem
+            fastrnn.set_num_threads(2)
+            p = Problem({variant!r}, T={T}, B=4, I=8, H=16, dtype=np.float32)
+            p.run("cpu")  # warm: first-call allocations (thread pool, kernel tables) are not per step
+            counted = ctypes.CDLL(None).counted_allocations
+            before = counted()
+            p.run("cpu")
+            print(counted() - before)
+        """, env={"LD_PRELOAD": counting_malloc})
+        counts[T] = int(out)
+        assert counts[T] > 0, "nothing counted: the comparison would prove nothing"
+    assert counts[40] == counts[400], f"heap allocations per call depend on T: {counts}"
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru", "rnn_tanh"])
+def test_a_sequence_of_100000_steps(variant):
+    """T = 100,000 at a small H: forward + backward run (no recursion, no stack growth), stay
+    finite, and the forward equals 10 chained calls of 10,000 steps (h_n, c_n fed back)."""
+    p = Problem(variant, T=100_000, B=2, I=3, H=5, L=1, D=1, lengths=None)
+    result = p.run("cpu")
+    for name, a in result.items():
+        assert np.isfinite(a).all(), name
+    forward = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward, "rnn": fastrnn.rnn_forward}[p.cell]
+    state = dict(h0=p.h0, c0=p.c0) if p.cell == "lstm" else dict(h0=p.h0)
+    ys = []
+    for chunk in np.split(p.x, 10):
+        out = forward(chunk, p.weights, **state, backend="cpu", **p.kwargs)
+        ys.append(out.y)
+        state = dict(h0=out.h_n, c0=out.c_n) if p.cell == "lstm" else dict(h0=out.h_n)
+    assert_close(np.concatenate(ys), result["y"], rtol=SAME_MATHS_F64_RTOL,
+                 atol=SAME_MATHS_F64_ATOL, name="y, chained")
+    assert_close(state["h0"], result["h_n"], rtol=SAME_MATHS_F64_RTOL,
+                 atol=SAME_MATHS_F64_ATOL, name="h_n, chained")
+    if variant == "rnn_tanh":  # the reference's Python loop is fast enough for this cell
+        assert_same_maths(result, p.run("reference"), "T=100000 vs reference:")
+
+
+# ----------------------------------------------------------------------------------------------
+# Numerics at the extremes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_huge_pre_activations_saturate_without_warnings(variant, dtype):
+    """Inputs up to 1/16 of the dtype's largest value: sigmoid and tanh saturate to exactly
+    0, ±1 (their gradients to 0), nothing overflows, no warning is raised (pytest turns
+    warnings into errors), and the engine matches the reference."""
+    p = Problem(variant, dtype=dtype)
+    big = np.finfo(dtype).max / 16
+    p.x = p.x.copy()
+    p.x[0], p.x[1], p.x[2, :, ::2] = big, -big, 1e4
+    got, want = p.run("cpu"), p.run("reference")
+    for name in want:
+        assert np.isfinite(got[name]).all(), name
+        if dtype == np.float64:
+            assert_close(got[name], want[name], rtol=SAME_MATHS_F64_RTOL,
+                         atol=SAME_MATHS_F64_ATOL, name=name)
+        else:  # the float32 budget's floor: gates are saturated, the rest is O(1) maths
+            assert_close(got[name], want[name], rtol=1e-5, atol=F32_ATOL_FLOOR * 10, name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Out of memory
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("training", [False, True])
+def test_impossible_sizes_raise_a_clear_memory_error(backend, training):
+    """x as a zero-stride view of 2^40 x 2^20 steps (4 EiB dense): MemoryError naming the call,
+    the sizes and what they need; nothing is attempted half way."""
+    x = np.broadcast_to(np.zeros((1, 1, 1), np.float32), (2**40, 2**20, 1))
+    w = [np.zeros((4, 1), np.float32), np.zeros((4, 1), np.float32)]
+    with pytest.raises(MemoryError, match=r"lstm_forward: not enough memory for T=1099511627776, "
+                                          r"B=1048576, I=1, H=1, .* y 4\.0 EiB"):
+        fastrnn.lstm_forward(x, w, backend=backend, training=training)
