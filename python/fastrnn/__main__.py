@@ -135,7 +135,8 @@ def main(argv=None):
     pc = sub.add_parser("check", help="compiled engine vs the NumPy reference: max errors and times")
     pc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     pc.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
-    sub.add_parser("bench", help="benchmark against the reference and torch.nn (see bench --help)",
+    sub.add_parser("bench", help="benchmark against torch.nn and ONNX Runtime over the standard "
+                   "grid S1-S5 (see bench --help)",
                    add_help=False)
     pd = sub.add_parser("demo", help="run a classic RNN application: " + ", ".join(DEMOS)
                         + " (demo NAME --help)", add_help=False)
