@@ -86,11 +86,14 @@ void ThreadPool::worker(int tid, uint64_t seen) {
       job = job_;
       n = active_;
     }
+    // Only the region's threads report done: run() waits for n - 1 of them, and a count from
+    // a worker outside the region (tid >= n, when a region is capped below size()) could let
+    // it return, and free fn, while a worker inside is still running it.
     if (tid < n) {
       region_threads_ = n;
       (*job)(tid, n);
+      done_.fetch_add(1, std::memory_order_acq_rel);
     }
-    done_.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
