@@ -27,6 +27,15 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, doub
   scipy_cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+void blas_gemv(CBLAS_TRANSPOSE t, int m, int n, float alpha, const float* a, int lda,
+               const float* x, int incx, float beta, float* y) {
+  scipy_cblas_sgemv(CblasRowMajor, t, m, n, alpha, a, lda, x, incx, beta, y, 1);
+}
+void blas_gemv(CBLAS_TRANSPOSE t, int m, int n, double alpha, const double* a, int lda,
+               const double* x, int incx, double beta, double* y) {
+  scipy_cblas_dgemv(CblasRowMajor, t, m, n, alpha, a, lda, x, incx, beta, y, 1);
+}
+
 }  // namespace
 
 template <class T>
@@ -58,6 +67,22 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
       gemm(trans_a, trans_b, M, N, std::min(kMaxPiece, K - k0), alpha,
            trans_a ? A + k0 * lda : A + k0, lda, trans_b ? B + k0 : B + k0 * ldb, ldb,
            k0 == 0 ? beta : T(1), C, ldc);
+    return;
+  }
+  if (M == 1) {
+    // One row (batch 1: every per-step product of a single sequence) is a matrix-vector
+    // product. sgemm would pack the whole weight matrix for that one row on every call, which
+    // costs as much as the product itself; gemv reads the weights once, in place.
+    // c = op(B)ᵀ·a: B [N,K] (trans_b) is y = B·a; B [K,N] is y = Bᵀ·a. a is A's one row, or
+    // with trans_a its one column (stride lda). y is zeroed first when beta == 0, so NaN in C
+    // never survives as 0·NaN.
+    if (beta == T(0)) std::memset(C, 0, sizeof(T) * size_t(N));
+    if (trans_b)
+      blas_gemv(CblasNoTrans, int(N), int(K), alpha, B, int(std::max<int64_t>(ldb, 1)), A,
+                trans_a ? int(lda) : 1, beta, C);
+    else
+      blas_gemv(CblasTrans, int(K), int(N), alpha, B, int(std::max<int64_t>(ldb, 1)), A,
+                trans_a ? int(lda) : 1, beta, C);
     return;
   }
   blas_gemm(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, int(M),
