@@ -13,6 +13,7 @@ and skipped when missing. Not here: correctness (`python -m fastrnn check`).
 CUDA (`--device cuda`): fastrnn's CUDA engine against torch.nn / cuDNN over a fixed grid.
 """
 
+import gc
 import json
 import os
 import subprocess
@@ -42,8 +43,15 @@ def gemm_flops(cell, T, B, I, H, training, layers=1):
     return 3 * fwd if training else fwd
 
 
+# Pause before timing each contender: the peers' thread pools (torch's OpenMP, ONNX Runtime's
+# intra-op pool) keep spinning for a while after a call returns, and on a small machine their
+# spinning threads would take cores from whatever is timed next.
+SETTLE_SECONDS = 0.25
+
+
 def _timeit(fn, repeats, warmup=1):
     """(min, median) seconds of `repeats` calls after `warmup` untimed ones."""
+    time.sleep(SETTLE_SECONDS)
     for _ in range(warmup):
         fn()
     times = []
@@ -294,6 +302,9 @@ def _run_grid(grid, shapes, cells, modes, threads, repeats, peers, available, pr
                         reps = repeats if p != "reference" else max(1, min(repeats, 3))
                         pmin, pmed = _timeit(fn, reps)
                         row[f"{p}_ms"], row[f"{p}_ms_min"] = 1e3 * pmed, 1e3 * pmin
+                        if p == "onnxruntime":  # done with it: end its (spinning) threads
+                            peer_runners[p] = {}
+                            gc.collect()
                         row[f"speedup_vs_{p}"] = pmed / tmed
                         line += f" {row[p + '_ms']:16.2f} {row[f'speedup_vs_{p}']:13.2f}x"
                     flops = gemm_flops(cell, T, B, I, H, mode == "training", layers)
