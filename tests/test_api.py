@@ -117,13 +117,6 @@ def assert_same_maths(actual, expected, what):
                      name=f"{what} {k}")
 
 
-@pytest.fixture
-def restore_threads():
-    threads = fastrnn.backends()["cpu"]["threads"]
-    yield
-    fastrnn.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------
 # backends() and threads
 
