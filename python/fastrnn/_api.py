@@ -399,6 +399,8 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
     sizes = dict(T=T, B=B, I=I, H=H, num_layers=L, directions=D)
     parts = {"a dense copy of x": T * B * I if training or not xs.flags.c_contiguous else 0,
              "y": T * B * D * Hout,
+             # an estimate in Python ints (gate activations + states): the engine's exact
+             # count (_core.reserve_elements) is int64 and would overflow at such sizes
              "the training reserve": T * B * L * D * (cell.gates + 2) * H if training else 0}
     with _memory_for(f"{cell.name}_forward", sizes, parts, dtype.itemsize):
         if h0 is None:
