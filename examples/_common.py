@@ -87,8 +87,9 @@ def emit(metrics):
     sys.stdout.flush()
 
 
-def plot(path, panels, title):
-    """Write curves to `path`. panels: list of (ylabel, {name: (xs, ys)}), one axis each.
+def plot(path, panels, title, xlabel="epoch"):
+    """Write curves to `path`. panels: list of (ylabel, {name: (xs, ys)}), one axis each,
+    all over the same x (`xlabel`).
 
     Returns True when written; without matplotlib it says so on stderr and returns False.
     """
@@ -107,7 +108,7 @@ def plot(path, panels, title):
         for name, (xs, ys) in curves.items():
             ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None)
         ax.set_ylabel(ylabel)
-        ax.set_xlabel(panels_xlabel(ylabel))
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -116,10 +117,6 @@ def plot(path, panels, title):
     plt.close(fig)
     log(f"--plot: wrote {path}")
     return True
-
-
-def panels_xlabel(ylabel):
-    return "epoch" if "accuracy" in ylabel or "perplexity" in ylabel else "iteration"
 
 
 # Modules whose docstrings make up the fallback corpus: a fixed list, so runs are reproducible.

@@ -134,7 +134,7 @@ def main(argv=None):
     # as min-char-rnn does: continue from the state and character where training stopped
     final_sample = "".join(chars[i] for i in sample(weights, Why, by, h, inputs[-1], 200, rng))
     _common.plot(args.plot, [("loss (nats/char, smoothed)", {"train": (curve_x, curve_y)})],
-                 f"char-rnn on {corpus}")
+                 f"char-rnn on {corpus}", xlabel="iteration")
     _common.emit({"demo": "char-rnn", "corpus": corpus, "iterations": iterations,
                   "initial_loss": round(float(initial), 4), "final_loss": round(float(smooth), 4),
                   "uniform_loss": round(math.log(V), 4), "sample": final_sample})
