@@ -7,7 +7,7 @@ check  the compiled engine against the NumPy reference on random problems, every
        exits 1 if any error is outside its budget
 bench  the benchmark behind fastrnn's speed claims (see fastrnn/_bench.py)
 demo   the classic RNN applications, end to end on fastrnn (examples/, shipped as
-       fastrnn.examples): char-rnn, digits, ptb; `demo NAME --help` for each
+       fastrnn.examples): char-rnn, digits, ptb, sentiment; `demo NAME --help` for each
 """
 
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 from . import _api, _backends, _bench
 
 # demo name -> module of examples/ (fastrnn.examples in an installed wheel)
-DEMOS = {"char-rnn": "char_rnn", "digits": "digits", "ptb": "ptb"}
+DEMOS = {"char-rnn": "char_rnn", "digits": "digits", "ptb": "ptb", "sentiment": "sentiment"}
 
 # (label, cell, keyword arguments)
 VARIANTS = [
