@@ -1,16 +1,57 @@
 // SPDX-License-Identifier: MIT
-// cpu/threads.cpp — the pool behind cpu/threads.h: workers sleep on a condition variable
-// between regions and spin, then sleep, at barriers, where the wait is a few microseconds.
+// cpu/threads.cpp — the pool behind cpu/threads.h. Waits are spun first, then slept: a
+// barrier's wait is usually a few microseconds (a step's work is balanced), and a worker
+// lingers a moment after a region because a training loop's next call comes quickly; past
+// the budget a waiter sleeps on a condition variable, so an idle pool costs nothing.
 #include "cpu/threads.h"
 
 #include <pthread.h>
 
 #include <algorithm>
+#include <chrono>
 #include <new>
 
 #include "cpu/gemm.h"
 
 namespace fastrnn::cpu {
+namespace {
+
+// How long a waiter spins before it sleeps. Waking a sleeper costs tens of microseconds on
+// a VM (a futex wake and a reschedule), more than a batch-1 step's whole work, so both
+// budgets are well above a step; the first part spins with `pause`, the rest yields the core
+// each round, so that with more threads than free cores the awaited thread can run.
+constexpr std::chrono::microseconds kPauseSpin{20};
+constexpr std::chrono::microseconds kBarrierSpin{300};
+constexpr std::chrono::microseconds kLinger{200};  // a worker, between regions
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spin until done() or `budget` has passed; true if done() became true.
+template <class Done>
+bool spin_until(Done done, std::chrono::microseconds budget) {
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  for (unsigned i = 1;; ++i) {
+    if (done()) return true;
+    if (i % 64 == 0) {  // the clock every 64 rounds: ~1 us of pause
+      const auto waited = clock::now() - start;
+      if (waited > budget) return false;
+      if (waited > kPauseSpin) {
+        std::this_thread::yield();
+        continue;
+      }
+    }
+    cpu_relax();
+  }
+}
+
+}  // namespace
 
 thread_local int ThreadPool::region_threads_ = 1;
 
@@ -37,6 +78,7 @@ void ThreadPool::after_fork_in_child() {
   new (&bm_) std::mutex();
   new (&bcv_) std::condition_variable();
   generation_ = 0;
+  sleepers_ = 0;
   quit_ = false;
   start_workers(size());
 }
@@ -78,11 +120,12 @@ void ThreadPool::worker(int tid, uint64_t seen) {
   for (;;) {
     const std::function<void(int, int)>* job;
     int n;
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, kLinger);
     {
       std::unique_lock<std::mutex> lock(m_);
-      cv_.wait(lock, [&] { return quit_ || generation_ != seen; });
+      cv_.wait(lock, [&] { return quit_ || generation_.load() != seen; });
       if (quit_) return;
-      seen = generation_;
+      seen = generation_.load();
       job = job_;
       n = active_;
     }
@@ -119,30 +162,36 @@ void ThreadPool::run(int max_threads, const std::function<void(int, int)>& fn) {
   region_threads_ = n;
   fn(0, n);
   region_threads_ = 1;
-  for (int spin = 0; done_.load(std::memory_order_acquire) < n - 1; ++spin)
-    if (spin > 4000) std::this_thread::yield();
+  // the workers finish within a step of the caller: spin (with yields), never sleep
+  while (!spin_until([&] { return done_.load(std::memory_order_acquire) >= n - 1; },
+                     kBarrierSpin)) {
+  }
 }
 
-// Spin briefly (a step's work is balanced, so the others are usually microseconds away),
-// then sleep: with more threads than free cores a spinning waiter would steal the time of
-// the very thread it waits for.
+// Spin, then sleep (see the budgets above). The last thread to arrive advances the phase and
+// wakes the sleepers, taking the lock only when there are any: a waiter counts itself in
+// sleepers_ and re-checks the phase under the lock before it sleeps, and both sides use
+// sequentially consistent operations, so either the waiter sees the new phase or the last
+// arriver sees the waiter (and its lock then waits until the waiter is inside wait()).
 void ThreadPool::barrier() {
   const int n = region_threads_;
   if (n <= 1) return;
   const uint32_t phase = phase_.load(std::memory_order_acquire);
   if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
     arrived_.store(0, std::memory_order_relaxed);
-    {
-      std::lock_guard<std::mutex> lock(bm_);
-      phase_.store(phase + 1, std::memory_order_release);
+    phase_.store(phase + 1);  // seq_cst
+    if (sleepers_.load() > 0) {
+      { std::lock_guard<std::mutex> lock(bm_); }
+      bcv_.notify_all();
     }
-    bcv_.notify_all();
     return;
   }
-  for (int spin = 0; spin < 4000; ++spin)
-    if (phase_.load(std::memory_order_acquire) != phase) return;
+  auto passed = [&] { return phase_.load(std::memory_order_acquire) != phase; };
+  if (spin_until(passed, kBarrierSpin)) return;
   std::unique_lock<std::mutex> lock(bm_);
-  bcv_.wait(lock, [&] { return phase_.load(std::memory_order_acquire) != phase; });
+  sleepers_.fetch_add(1);  // seq_cst, before the phase is read again
+  bcv_.wait(lock, [&] { return phase_.load() != phase; });
+  sleepers_.fetch_sub(1);
 }
 
 }  // namespace fastrnn::cpu

@@ -54,13 +54,15 @@ class ThreadPool {
   std::mutex m_;
   std::condition_variable cv_;
   const std::function<void(int, int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};  // written under m_; read lock-free by lingering workers
   int active_ = 1;       // threads in the current region
   bool quit_ = false;
   std::atomic<int> done_{0};
-  // barrier: arrivals counted, the last one advances the phase; waiters spin, then sleep
+  // barrier: arrivals counted, the last one advances the phase; waiters spin, then sleep,
+  // and the last one takes the lock to wake them only when one of them is asleep
   std::atomic<int> arrived_{0};
   std::atomic<uint32_t> phase_{0};
+  std::atomic<int> sleepers_{0};
   std::mutex bm_;
   std::condition_variable bcv_;
   static thread_local int region_threads_;
