@@ -223,7 +223,13 @@ void forward_cell(const ForwardParams<T>& p) {
                 ah + 2 * hs, Gs);
         if (hs > 0) k.forward_state(st);
       } else {
-        gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(0), ah, Gs);
+        if constexpr (kSumsPreactivations<Cell>) {  // W_hh h_{t-1} added to W_ih x_t in place
+          gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(1),
+                  ax + (t - lo) * B * Gs, Gs);
+          st.ah = nullptr;
+        } else {
+          gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(0), ah, Gs);
+        }
         if (!training) st.saved = nullptr;
         if (!projected) {
           st.h_prev = h_prev;

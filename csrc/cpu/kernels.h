@@ -8,6 +8,14 @@
 
 namespace fastrnn::cpu {
 
+// One-phase cells whose forward reads the input and recurrent pre-activations only as their
+// sum ax[g] + ah[g] (the gradient of both is the same: !kSplitRecurrentGrad): LSTM and RNN.
+// For them the engine runs the recurrent GEMM with beta = 1 straight into the step's input
+// projection, and the forward kernels get ah = nullptr: no separate buffer to zero, fill and
+// read back each step.
+template <class Cell>
+inline constexpr bool kSumsPreactivations = !Cell::kSplitRecurrentGrad && !Cell::kResetBeforeMatmul;
+
 // One forward step of one layer-direction, rows [0, B), hidden units [j0, j1) (a thread's
 // share). ax and ah point at (row 0, gate 0, unit j0) of their layout, with row stride *_ld
 // and gate stride *_gs (the engine keeps them per thread, packed: ld = G*(j1-j0), gs = j1-j0).
@@ -18,7 +26,8 @@ struct StepFwd {
   int64_t B = 0, H = 0, j0 = 0, j1 = 0;
   const T* ax = nullptr;      // W_ih x_t (no bias yet)
   int64_t ax_ld = 0, ax_gs = 0;
-  const T* ah = nullptr;      // W_hh h_{t-1} (no bias yet); two-phase: see gru.h
+  const T* ah = nullptr;      // W_hh h_{t-1} (no bias yet); two-phase: see gru.h; nullptr
+                              // when kSumsPreactivations (ax then holds W_ih x_t + W_hh h_{t-1})
   int64_t ah_ld = 0, ah_gs = 0;
   const T* b_ih = nullptr;    // [G*H] (zeros when the layer has no bias)
   const T* b_hh = nullptr;    // [G*H]

@@ -62,12 +62,13 @@ inline void forward_row(int64_t n, const T* __restrict ax, int64_t ax_gs, const 
                         T* __restrict h, T* __restrict c, T* __restrict y, T* __restrict sv,
                         int64_t sv_gs) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr bool kSummed = kSumsPreactivations<Cell>;  // ax holds both projections, ah is null
   for (int64_t j = 0; j < n; ++j) {
     T a_x[G], a_h[G], keep[S], hn, cn = T(0);
     FASTRNN_UNROLL
     for (int g = 0; g < G; ++g) {
       a_x[g] = ax[g * ax_gs + j] + bi[g * b_gs + j];
-      a_h[g] = ah[g * ah_gs + j] + bh[g * b_gs + j];
+      a_h[g] = kSummed ? bh[g * b_gs + j] : ah[g * ah_gs + j] + bh[g * b_gs + j];
     }
     Cell::forward(a_x, a_h, Cell::kReadsHPrev ? hp[j] : T(0),
                   Cell::kHasCellState ? cp[j] : T(0), keep, hn, cn);
@@ -94,7 +95,8 @@ void forward_step(const StepFwd<T>& s) {
     T* c = Cell::kHasCellState ? s.c + b * H + j0 : nullptr;
     T* sv = kTraining ? s.saved + b * S * H + j0 : nullptr;
     auto row = s.y ? &forward_row<Cell, T, kTraining, true> : &forward_row<Cell, T, kTraining, false>;
-    row(n, s.ax + b * s.ax_ld, s.ax_gs, s.ah + b * s.ah_ld, s.ah_gs, s.b_ih + j0, s.b_hh + j0, H,
+    const T* ah = kSumsPreactivations<Cell> ? nullptr : s.ah + b * s.ah_ld;
+    row(n, s.ax + b * s.ax_ld, s.ax_gs, ah, s.ah_gs, s.b_ih + j0, s.b_hh + j0, H,
         hp, cp, s.h + b * H + j0, c, s.y ? s.y + b * s.y_ld + j0 : nullptr, sv, H);
   }
 }
