@@ -290,6 +290,60 @@ def test_inference_and_training_forward_agree_bitwise():
         np.testing.assert_array_equal(a.h_n, b.h_n)
 
 
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stacked_inference_runs_in_chunks_of_time(cell, kw, threads, restore_threads):
+    """Inference through L > 1 one-directional layers runs a chunk of >= 1,024 rows (here
+    T=300, B=4: 256 steps) through every layer before the next: the same bits as the
+    whole-sequence training forward, lengths ending before, at and after the chunk edge."""
+    fastrnn.set_num_threads(threads)
+    fwd = getattr(fastrnn, f"{cell}_forward")
+    lengths = [300, 256, 100, 257]
+    for dtype in (np.float32, np.float64):
+        x, weights, h0, c0, *_ = make_problem(cell, kw, T=300, B=4, I=5, H=7, L=3, dtype=dtype)
+        state = (h0, c0) if cell == "lstm" else (h0,)
+        a = fwd(x, weights, *state, num_layers=3, lengths=lengths, backend="cpu", **kw)
+        b = fwd(x, weights, *state, num_layers=3, lengths=lengths, training=True, backend="cpu",
+                **kw)
+        for got, want in zip(a[:3], b[:3]):
+            if want is not None:
+                np.testing.assert_array_equal(got, want)
+        if dtype == np.float64:
+            r = fwd(x, weights, *state, num_layers=3, lengths=lengths, backend="reference", **kw)
+            for name, got, want in zip(("y", "h_n", "c_n"), a[:3], r[:3]):
+                if want is not None:
+                    assert_close(got, want, rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL,
+                                 name=name)
+
+
+def test_stacked_inference_memory_does_not_grow_with_T():
+    """A 2-layer LSTM over T=20,000 steps (B=16, H=128, float32): the call's peak memory
+    beyond x and y is the chunk's, not the 164 MB of the whole sequence between the layers
+    (whole-sequence code measured 160 MiB here). In a child: ru_maxrss is a process peak."""
+    code = """
+        import resource, numpy as np, fastrnn
+        T, B, H = 20000, 16, 128
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, H), dtype=np.float32)
+        w = [rng.uniform(-0.1, 0.1, s).astype(np.float32)
+             for _ in range(2) for s in ((4 * H, H), (4 * H, H), (4 * H,), (4 * H,))]
+        fastrnn.lstm_forward(x[:2], w, num_layers=2)  # load everything first
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        y = fastrnn.lstm_forward(x, w, num_layers=2).y
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((peak - before) * 1024 - y.nbytes)
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    extra = int(run.stdout.split()[-1])
+    assert extra < 48 * 2**20, f"{extra / 2**20:.0f} MiB beyond y (a whole sequence: 156 MiB)"
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.nn parity of the functional API
 

@@ -498,8 +498,51 @@ void forward(const ForwardParams<T>& p);
 template <class T>
 void backward(const BackwardParams<T>& p);
 
+// Inference through L > 1 one-directional layers, a chunk of time steps at a time: every
+// layer runs the chunk, carrying its state from the chunk before, so the sequences between
+// layers take [2][Tc, B, Hout] rather than [2][T, B, Hout]: memory independent of T. Each
+// step computes what it computes in one pass. (A reverse direction needs the whole of its
+// input before its first output, so bidirectional stacks keep whole sequences.)
+template <class T>
+void forward_stack_in_chunks(const StackForwardParams<T>& p, int64_t Tc) {
+  const RnnShape& s = p.shape;
+  const int64_t B = s.B, LBH = int64_t(p.L) * B * s.H, LBHo = int64_t(p.L) * B * s.hout();
+  auto between = scratch<T>(2 * Tc * B * s.hout());
+  auto h = scratch<T>(2 * LBHo);  // state in, state out (in turn)
+  auto c = scratch<T>(p.c0 ? 2 * LBH : 0);
+  auto lengths = scratch<int64_t>(p.lengths ? B : 0);
+  copy_n(h.get(), p.h0, LBHo);
+  if (p.c0) copy_n(c.get(), p.c0, LBH);
+  int in = 0;
+  for (int64_t t0 = 0; t0 < s.T; t0 += Tc, in ^= 1) {
+    StackForwardParams<T> q = p;
+    q.shape.T = std::min(Tc, s.T - t0);
+    q.x = p.x + t0 * B * s.I;
+    q.y = p.y + t0 * B * s.hout();
+    if (p.lengths) {  // steps left in each sequence, counted from t0
+      for (int64_t b = 0; b < B; ++b)
+        lengths[b] = std::clamp<int64_t>(p.lengths[b] - t0, 0, q.shape.T);
+      q.lengths = lengths.get();
+    }
+    q.h0 = h.get() + in * LBHo;
+    q.h_n = h.get() + (in ^ 1) * LBHo;
+    q.c0 = p.c0 ? c.get() + in * LBH : nullptr;
+    q.c_n = p.c0 ? c.get() + (in ^ 1) * LBH : nullptr;
+    run_forward_stack(
+        q, [](int64_t) { return static_cast<T*>(nullptr); }, static_cast<T*>(nullptr), between.get(),
+        [](const ForwardParams<T>& f) { forward(f); }, [](T*, int64_t, int) {});
+  }
+  copy_n(p.h_n, h.get() + in * LBHo, LBHo);
+  if (p.c0) copy_n(p.c_n, c.get() + in * LBH, LBH);
+}
+
 template <class T>
 void forward_stack(const StackForwardParams<T>& p) {
+  const int64_t Tc = projection_chunk(p.shape.T, p.shape.B);
+  if (p.reserve == nullptr && p.L > 1 && p.D == 1 && Tc < p.shape.T) {
+    forward_stack_in_chunks(p, Tc);
+    return;
+  }
   const int64_t R = reserve_elements(p.cell, p.shape);
   const int64_t LD = int64_t(p.L) * p.D, TBDH = p.shape.T * p.shape.B * p.D * p.shape.hout();
   const bool training = p.reserve != nullptr;
