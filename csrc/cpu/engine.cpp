@@ -61,8 +61,8 @@ using Scratch = std::unique_ptr<E[], FreeBlock>;
 // Uninitialised scratch of n elements (n may be 0); std::bad_alloc when it cannot be had.
 // Blocks of 4 MiB and more are 2 MiB-aligned and advised to use transparent huge pages, as
 // NumPy does for its arrays: the kernel faults a fresh block in page by page, and at 4 KiB a
-// fault the engine's scratch alone cost ~10,900 faults and 46 ms of system time per S3 LSTM
-// training call (forward + backward, 355 ms).
+// fault the engine's scratch alone cost ~11,900 faults and 30-46 ms of system time per S3
+// LSTM training call (forward + backward, 300-350 ms); with huge pages, 450 and 6-10 ms.
 template <class E>
 Scratch<E> scratch(int64_t n) {
   constexpr size_t kHuge = size_t(2) << 20;
