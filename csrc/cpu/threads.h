@@ -48,6 +48,9 @@ class ThreadPool {
   void after_fork_in_child();
 
   std::atomic<int> size_{1};  // written under region_, read by callers sizing their buffers
+  // more threads than this process may run on at once: waiters then sleep almost at once, as
+  // a spinning one would hold the core the awaited thread needs (written under region_)
+  std::atomic<bool> oversubscribed_{false};
   std::vector<std::thread> workers_;
   std::mutex region_;  // one region at a time
   // dispatch of a region to the workers
