@@ -200,6 +200,28 @@ def test_no_memory_growth_over_thousands_of_training_calls():
     assert after - before < 4096, f"resident memory grew {after - before} KiB over 3,000 calls"
 
 
+def test_stacked_inference_memory_does_not_grow_with_T():
+    """A 2-layer LSTM over T=20,000 steps (B=16, H=128, float32) runs chunk by chunk through
+    both layers: its peak memory beyond x and y is the chunk's, not the 156 MiB of the whole
+    sequence between the layers (the whole-sequence code measured 160 MiB here). ru_maxrss
+    is a process-wide peak, hence the fresh process."""
+    out = child("""
+        import resource, numpy as np, fastrnn
+        T, B, H = 20000, 16, 128
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, H), dtype=np.float32)
+        w = [rng.uniform(-0.1, 0.1, s).astype(np.float32)
+             for _ in range(2) for s in ((4 * H, H), (4 * H, H), (4 * H,), (4 * H,))]
+        fastrnn.lstm_forward(x[:2], w, num_layers=2)  # load everything first
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        y = fastrnn.lstm_forward(x, w, num_layers=2).y
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((peak - before) * 1024 - y.nbytes)
+    """)
+    extra = int(out.split()[-1])
+    assert extra < 48 * 2**20, f"{extra / 2**20:.0f} MiB beyond y (a whole sequence: 156 MiB)"
+
+
 # A malloc that counts: preloaded into a child process, it sees every heap allocation of the
 # process (C++ new, NumPy, Python's large objects, OpenBLAS) and hands it to glibc.
 COUNTING_MALLOC = r"""
