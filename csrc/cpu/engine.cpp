@@ -189,7 +189,8 @@ void forward_cell(const ForwardParams<T>& p) {
   // What a thread keeps per hidden unit it owns: its packed rows of W_ih and W_hh, and its
   // columns of the input and recurrent projections. Thread buffers start at j0 * per_unit,
   // so one allocation fits any thread count.
-  const int64_t per_unit = G * (I + Ho) + Tc * B * G + B * G;
+  constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
+  const int64_t per_unit = G * (I + Ho) + Tc * B * G + (kSummed ? 0 : B * G);
   auto own = scratch<T>(H * per_unit);
   const int max_threads = pool.size();  // the region gets at most this many
   auto actives = scratch<uint8_t>(max_threads * B);
@@ -205,7 +206,7 @@ void forward_cell(const ForwardParams<T>& p) {
     T* packed_ih = own.get() + j0 * per_unit;  // [G*hs, I]
     T* packed_hh = packed_ih + Gs * I;         // [G*hs, Ho]
     T* ax = packed_hh + Gs * Ho;               // [Tc*B, G*hs]
-    T* ah = ax + Tc * B * Gs;                  // [B, G*hs]
+    T* ah = kSummed ? nullptr : ax + Tc * B * Gs;  // [B, G*hs]
     uint8_t* active = actives.get() + tid * B;
     // A thread that owns every unit would pack the matrices into their own layout: it reads
     // the caller's (S5, 1 thread: 2 MB fewer copied per call).
@@ -263,10 +264,9 @@ void forward_cell(const ForwardParams<T>& p) {
                 ah + 2 * hs, Gs);
         if (hs > 0) k.forward_state(st);
       } else {
-        if constexpr (kSumsPreactivations<Cell>) {  // W_hh h_{t-1} added to W_ih x_t in place
+        if constexpr (kSummed) {  // W_hh h_{t-1} added to W_ih x_t in place
           gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(1),
                   ax + (t - lo) * B * Gs, Gs);
-          st.ah = nullptr;
         } else {
           gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(0), ah, Gs);
         }
