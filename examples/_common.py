@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: MIT
 """What every demo shares: the command line, a progress bar, text that ships with Python, the
-optional plot, and the closing JSON line. Not a training framework: each demo owns its loop.
+optional plot, the closing JSON line, and the minibatch-by-epoch loop of the two classifier
+demos (digits, sentiment). Not a training framework: each demo owns its model, loss and
+update; char-rnn and ptb own their loops (truncated BPTT carrying the state).
 
 Conventions of every demo: progress and samples go to stderr; stdout carries exactly one line,
 the JSON metrics, so `python -m fastrnn demo NAME | jq .` works.
@@ -79,6 +81,41 @@ def torch_setup(seed):
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)
+
+
+def train_epochs(label, epochs, n_train, batch, rng, model, opt, batch_loss, evaluate):
+    """The minibatch loop of the classifier demos (digits, sentiment): each epoch visits the
+    n_train examples in a fresh order (rng); per batch, batch_loss(indices) -> the mean loss
+    tensor (the demo's forward), then backward and opt.step(); after the epoch, evaluate()
+    -> (test accuracy, text for the epoch line), in eval mode without gradients. The progress
+    bar shows it all. Returns {"epoch", "train_loss", "test_accuracy"} lists, one per epoch."""
+    import torch
+
+    steps = (n_train + batch - 1) // batch
+    bar = Progress(epochs * steps, label)
+    history = {"epoch": [], "train_loss": [], "test_accuracy": []}
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.from_numpy(rng.permutation(n_train))
+        total = 0.0
+        for s in range(steps):
+            idx = perm[s * batch:(s + 1) * batch]
+            loss = batch_loss(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            bar.update(epoch * steps + s + 1, epoch=epoch + 1, loss=loss.item())
+        model.eval()
+        with torch.no_grad():
+            accuracy, extra = evaluate()
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(total / n_train)
+        history["test_accuracy"].append(accuracy)
+        bar.write(f"epoch {epoch + 1}: train loss {total / n_train:.4f}, "
+                  f"test accuracy {accuracy:.4f}{extra}")
+    bar.close()
+    return history
 
 
 def emit(metrics):

@@ -104,30 +104,13 @@ def main(argv=None):
     model = RowClassifier(row_size)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3 if mnist else 1e-2)
     loss_fn = torch.nn.CrossEntropyLoss()
-    steps = (len(train) + BATCH - 1) // BATCH
-    bar = _common.Progress(epochs * steps, "digits")
-    history = {"epoch": [], "train_loss": [], "test_accuracy": []}
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.from_numpy(rng.permutation(len(train)))
-        total = 0.0
-        for s in range(steps):
-            idx = perm[s * BATCH:(s + 1) * BATCH]
-            loss = loss_fn(model(x_train[idx]), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            bar.update(epoch * steps + s + 1, epoch=epoch + 1, loss=loss.item())
-        model.eval()
-        with torch.no_grad():
-            accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(total / len(train))
-        history["test_accuracy"].append(accuracy)
-        bar.write(f"epoch {epoch + 1}: train loss {total / len(train):.4f}, "
-                  f"test accuracy {accuracy:.4f}")
-    bar.close()
+
+    def evaluate():
+        return (model(x_test).argmax(1) == y_test).float().mean().item(), ""
+
+    history = _common.train_epochs("digits", epochs, len(train), BATCH, rng, model, opt,
+                                   lambda idx: loss_fn(model(x_train[idx]), y_train[idx]),
+                                   evaluate)
 
     ep = history["epoch"]
     _common.plot(args.plot, [("train loss", {"train": (ep, history["train_loss"])}),

@@ -125,31 +125,15 @@ def main(argv=None):
     model = Classifier(len(vocab) + 2)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    steps = (len(train) + BATCH - 1) // BATCH
-    bar = _common.Progress(epochs * steps, "sentiment")
-    history = {"epoch": [], "train_loss": [], "test_accuracy": []}
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.from_numpy(rng.permutation(len(train)))
-        total = 0.0
-        for s in range(steps):
-            idx = perm[s * BATCH:(s + 1) * BATCH]
-            loss = loss_fn(model(x_train[idx], len_train[idx]), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            bar.update(epoch * steps + s + 1, epoch=epoch + 1, loss=loss.item())
-        model.eval()
-        with torch.no_grad():
-            predicted = (model(x_test, len_test) > 0).float()
-        accuracy = (predicted == y_test).float().mean().item()
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(total / len(train))
-        history["test_accuracy"].append(accuracy)
-        bar.write(f"epoch {epoch + 1}: train loss {total / len(train):.4f}, "
-                  f"test accuracy {accuracy:.4f} (majority {majority_accuracy:.4f})")
-    bar.close()
+
+    def evaluate():
+        predicted = (model(x_test, len_test) > 0).float()
+        return ((predicted == y_test).float().mean().item(),
+                f" (majority {majority_accuracy:.4f})")
+
+    history = _common.train_epochs(
+        "sentiment", epochs, len(train), BATCH, rng, model, opt,
+        lambda idx: loss_fn(model(x_train[idx], len_train[idx]), y_train[idx]), evaluate)
 
     ep = history["epoch"]
     _common.plot(args.plot, [("train loss", {"train": (ep, history["train_loss"])}),
