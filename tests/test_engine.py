@@ -163,6 +163,29 @@ def test_float32_error_within_naive_budget(cell, kw, lengths):
             f"{e_naive:.3e} + {F32_ATOL_FLOOR:g}")
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("B", [3, 4, 7, 13])
+def test_float32_step_products_every_batch_and_thread_split(B, threads, restore_threads):
+    """The per-step products in float32: BLAS below 4 rows, from 4 rows on (AVX2) the panel
+    GEMM with its row blocks of 6 and column panels of 16. H = 21 splits into thread shares
+    of 8, 8 and 5 units, so every thread's columns end inside a panel; with lengths, padded
+    rows run through the same products."""
+    fastrnn.set_num_threads(threads)
+    T, I, H = 6, 11, 21
+    lens = np.random.default_rng(B).integers(0, T + 1, B)
+    for cell, kw in VARIANTS:
+        problem = make_problem(cell, kw, T, B, I, H, L=2, D=2, seed=B)
+        exact = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2)
+        naive = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2, dtype=np.float32)
+        got = run(cell, kw, problem, "cpu", lengths=lens, L=2, D=2, dtype=np.float32)
+        for name, ref in exact.items():
+            budget = F32_FACTOR_FORWARD if name in ("y", "h_n", "c_n") else F32_FACTOR_BACKWARD
+            e_got, e_naive = max_err(got[name], ref), max_err(naive[name], ref)
+            assert e_got <= budget * e_naive + F32_ATOL_FLOOR, (
+                f"{cell} {kw} {name}: float32 kernel error {e_got:.3e} > {budget} x float32 "
+                f"reference error {e_naive:.3e} + {F32_ATOL_FLOOR:g}")
+
+
 # ----------------------------------------------------------------------------------------------
 # The float32 activations, read through the engine (so the instruction set it picked is the
 # one tested): a 1-unit RNN with w_ih = 1 and h0 = 0 outputs tanh(x); a 1-unit GRU whose x

@@ -140,6 +140,93 @@ void column_sums(const T* a, int64_t rows, int64_t n, int64_t ld, double* acc, T
 }
 
 // ---------------------------------------------------------------------------------------
+// Per-step products against weights fixed for the whole call. Where the kernel table has a
+// panel GEMM (float on AVX2+FMA) and the batch has at least kPanelMinRows rows, each thread
+// packs its share of the weights into panels once per call (cpu/panel_gemm.h); otherwise
+// BLAS reads them in place (1-3 rows go to gemv there, which packs nothing either).
+// `python -m fastrnn bench --shapes S2,S3,S4 --cells lstm --threads 1`: see
+// benchmarks/README.md for what it bought.
+// ---------------------------------------------------------------------------------------
+constexpr int64_t kPanelMinRows = 4;
+
+template <class T>
+bool use_panels(int64_t rows) {
+  return std::is_same_v<T, float> && kernels().panel_gemm != nullptr && rows >= kPanelMinRows;
+}
+
+// B of a per-step product C = A·B: [K, N] = w (trans: wᵀ) as BLAS reads it, and, when
+// packed, the same B in panels.
+template <class T>
+struct StepWeights {
+  const T* w = nullptr;
+  int64_t ldw = 0;
+  bool trans = false;
+  int64_t K = 0, N = 0;
+  const T* panels = nullptr;
+};
+
+// Where the panels of one operand go, for every thread at once: thread tid's share of the
+// columns, starting at column n0 of n_total, at (n0 + kPanelCols·tid)·K. A share of n columns
+// takes at most (n + kPanelCols - 1)·K floats, so the shares never overlap.
+struct PanelSpace {
+  int64_t K = 0, n_total = 0;
+  int64_t floats(int threads) const { return n_total > 0 ? (n_total + kPanelCols * threads) * K : 0; }
+  template <class T>
+  T* at(T* base, int64_t n0, int tid) const { return base + (n0 + kPanelCols * tid) * K; }
+};
+
+// w (trans: wᵀ), [K, N], into panels of kPanelCols columns: panel q holds B[k][16q + c] at
+// out[(q·K + k)·16 + c], zero past column N.
+template <class T>
+void pack_panels(const T* w, int64_t ldw, bool trans, int64_t K, int64_t N, T* out) {
+  for (int64_t q = 0; q * kPanelCols < N; ++q) {
+    T* panel = out + q * K * kPanelCols;
+    for (int64_t c = 0; c < kPanelCols; ++c) {
+      const int64_t n = q * kPanelCols + c;
+      for (int64_t k = 0; k < K; ++k)
+        panel[k * kPanelCols + c] = n >= N ? T(0) : trans ? w[n * ldw + k] : w[k * ldw + n];
+    }
+  }
+}
+
+// The operand B = w (trans: wᵀ) [K, N] of a thread's per-step products, packed into `panels`
+// when use_panels(rows).
+template <class T>
+StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int64_t N,
+                            int64_t rows, T* panels) {
+  StepWeights<T> s;
+  s.w = w;
+  s.ldw = ldw;
+  s.trans = trans;
+  s.K = K;
+  s.N = N;
+  if (use_panels<T>(rows) && N > 0) {
+    pack_panels(w, ldw, trans, K, N, panels);
+    s.panels = panels;
+  }
+  return s;
+}
+
+// C[M, N] = A·B (accumulate: C += A·B); a_pack: kPanelRows·ceil(M/kPanelRows)·K floats.
+template <class T>
+void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool accumulate,
+               T* C, int64_t ldc, T* a_pack) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (b.panels) {
+      kernels().panel_gemm(M, b.N, b.K, A, lda, b.panels, C, ldc, accumulate, a_pack);
+      return;
+    }
+  }
+  gemm<T>(false, b.trans, M, b.N, b.K, T(1), A, lda, b.w, b.ldw, accumulate ? T(1) : T(0), C,
+          ldc);
+}
+
+// Floats of a_pack for products of M rows and up to K_max columns of A.
+inline int64_t a_pack_floats(int64_t M, int64_t K_max) {
+  return (M + kPanelRows - 1) / kPanelRows * kPanelRows * K_max;
+}
+
+// ---------------------------------------------------------------------------------------
 // Forward. One parallel region per call: thread tid owns hidden units [j0, j1) (all G gates
 // of them), packs its rows of W_ih and W_hh once, and per step runs its own GEMMs (input
 // projection per chunk of steps, then the recurrent one) and its own pointwise pass; the
@@ -198,6 +285,16 @@ void forward_cell(const ForwardParams<T>& p) {
   auto saved_step = scratch<T>(!training && Cell::kResetBeforeMatmul ? B * S * H : 0);
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
   auto h_raw = scratch<T>(projected ? B * H : 0);
+  // The per-step products' weights in panels: W_hh (two-phase cells: its r, z rows, then its
+  // n rows) and W_hr; A (h_{t-1}, r⊙h_{t-1}, h before W_hr) packed per product.
+  constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
+  const bool panels = use_panels<T>(B);
+  const PanelSpace ps_hh{Ho, kTwoPhase ? 2 * H : GH}, ps_n{H, kTwoPhase ? H : 0},
+      ps_hr{H, projected ? P : 0};
+  const int64_t n_pan_hh = ps_hh.floats(max_threads), n_pan_n = ps_n.floats(max_threads);
+  auto panel_buf = scratch<T>(panels ? n_pan_hh + n_pan_n + ps_hr.floats(max_threads) : 0);
+  const int64_t a_pack_n = panels ? a_pack_floats(B, std::max(Ho, H)) : 0;
+  auto a_packs = scratch<T>(max_threads * a_pack_n);
 
   pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
@@ -218,6 +315,17 @@ void forward_cell(const ForwardParams<T>& p) {
     }
     const T* w_ih = all_units ? p.w.w_ih : packed_ih;
     const T* w_hh = all_units ? p.w.w_hh : packed_hh;
+    T* pan = panel_buf.get();
+    const StepWeights<T> rec = step_weights(w_hh, Ho, true, Ho, kTwoPhase ? 2 * hs : Gs, B,
+                                            ps_hh.at(pan, (kTwoPhase ? 2 : G) * j0, tid));
+    StepWeights<T> rec_n, proj;  // two-phase: the n rows; projection: W_hr's rows [p0, p1)
+    if constexpr (kTwoPhase)
+      rec_n = step_weights(w_hh + 2 * hs * Ho, Ho, true, H, hs, B,
+                           ps_n.at(pan + n_pan_hh, j0, tid));
+    if (projected)
+      proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0, B,
+                          ps_hr.at(pan + n_pan_hh + n_pan_n, p0, tid));
+    T* a_pack = a_packs.get() + tid * a_pack_n;
     int64_t lo = 0, hi = 0;  // time steps [lo, hi) currently projected in ax
 
     for (int64_t n = 0; n < T_; ++n) {
@@ -258,19 +366,16 @@ void forward_cell(const ForwardParams<T>& p) {
         st.y = p.y + t * B * ldy;
         st.y_ld = ldy;
         st.rh = rh.get();
-        gemm<T>(false, true, B, 2 * hs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(0), ah, Gs);
+        step_gemm(B, h_prev, Ho, rec, false, ah, Gs, a_pack);
         if (hs > 0) k.forward_gates(st);
         pool.barrier();  // r⊙h complete
-        gemm<T>(false, true, B, hs, H, T(1), rh.get(), H, w_hh + 2 * hs * Ho, Ho, T(0),
-                ah + 2 * hs, Gs);
+        step_gemm(B, rh.get(), H, rec_n, false, ah + 2 * hs, Gs, a_pack);
         if (hs > 0) k.forward_state(st);
       } else {
-        if constexpr (kSummed) {  // W_hh h_{t-1} added to W_ih x_t in place
-          gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(1),
-                  ax + (t - lo) * B * Gs, Gs);
-        } else {
-          gemm<T>(false, true, B, Gs, Ho, T(1), h_prev, Ho, w_hh, Ho, T(0), ah, Gs);
-        }
+        if constexpr (kSummed)  // W_hh h_{t-1} added to W_ih x_t in place
+          step_gemm(B, h_prev, Ho, rec, true, ax + (t - lo) * B * Gs, Gs, a_pack);
+        else
+          step_gemm(B, h_prev, Ho, rec, false, ah, Gs, a_pack);
         if (!training) st.saved = nullptr;
         if (!projected) {
           st.h_prev = h_prev;
@@ -292,8 +397,7 @@ void forward_cell(const ForwardParams<T>& p) {
               std::memset(y + b * ldy + p0, 0, sizeof(T) * size_t(p1 - p0));
             }
           }
-          gemm<T>(false, true, B, p1 - p0, H, T(1), h_raw.get(), H, p.w.w_hr + p0 * H, H, T(0),
-                  y + p0, ldy);
+          step_gemm(B, h_raw.get(), H, proj, false, y + p0, ldy, a_pack);
           for (int64_t b = 0; b < B; ++b) {
             const bool on = !p.lengths || active[b];
             if (on) copy_n(h_next + b * P + p0, y + b * ldy + p0, p1 - p0);
@@ -352,6 +456,16 @@ void backward_cell(const BackwardParams<T>& p) {
   const int64_t ld_valid = p.lengths ? I : ldx;
   const T* h_prev_all = h_hist + rev * B * Ho;  // [T*B, Ho], row t*B+b = state before step t
   auto bias_acc = scratch<double>(GH);  // column sums, each thread its own columns
+  // The per-step products' weights in panels, each thread its columns: dh_{t-1} gets
+  // dL/d(pre-activations)·W_hh (two-phase cells: the r, z rows; the n rows give d(r⊙h)), and
+  // with a projection dL/dh_out·W_hr gives dL/d(h before W_hr).
+  constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
+  const bool panels = use_panels<T>(B);
+  const PanelSpace ps_dh{kTwoPhase ? 2 * H : GH, Ho}, ps_2{kTwoPhase ? H : P, kTwoPhase || projected ? H : 0};
+  const int64_t n_pan_dh = ps_dh.floats(max_threads);
+  auto panel_buf = scratch<T>(panels ? n_pan_dh + ps_2.floats(max_threads) : 0);
+  const int64_t a_pack_n = panels ? a_pack_floats(B, GH) : 0;
+  auto a_packs = scratch<T>(max_threads * a_pack_n);
   // Nothing inside a parallel region may throw (a thread leaving early would leave the others
   // at a barrier): everything is allocated and checked before it.
 
@@ -361,6 +475,15 @@ void backward_cell(const BackwardParams<T>& p) {
     if (projected) split(P, tid, nt, 8, p0, p1);
     const int64_t hs = j1 - j0;
     uint8_t* active = actives.get() + tid * B;
+    T* pan = panel_buf.get();
+    const int64_t d0 = projected ? p0 : j0, d1 = projected ? p1 : j1;  // my columns of dh
+    const StepWeights<T> rec = step_weights(p.w.w_hh + d0, Ho, false, ps_dh.K, d1 - d0, B,
+                                            ps_dh.at(pan, d0, tid));
+    StepWeights<T> rec_2;  // two-phase: W_hn's columns [j0, j1); projection: W_hr's
+    if (kTwoPhase || projected)
+      rec_2 = step_weights(kTwoPhase ? p.w.w_hh + 2 * H * H + j0 : p.w.w_hr + j0, H, false,
+                           ps_2.K, hs, B, ps_2.at(pan + n_pan_dh, j0, tid));
+    T* a_pack = a_packs.get() + tid * a_pack_n;
 
     for (int64_t n = 0; n < T_; ++n) {
       const int64_t t = rev ? n : T_ - 1 - n;  // the forward's order, reversed
@@ -393,12 +516,10 @@ void backward_cell(const BackwardParams<T>& p) {
         if (hs > 0) k.backward_state(st);
         pool.barrier();  // da_n complete
         // d(r⊙h) = da_n·W_hn for my units, then dh_{t-1} += [da_r, da_z]·W_h{r,z}
-        gemm<T>(false, false, B, hs, H, T(1), dax_t + 2 * H, GH, p.w.w_hh + 2 * H * H + j0, H,
-                T(0), drh.get() + j0, H);
+        step_gemm(B, dax_t + 2 * H, GH, rec_2, false, drh.get() + j0, H, a_pack);
         if (hs > 0) k.backward_gates(st);
         pool.barrier();  // da_r complete
-        gemm<T>(false, false, B, hs, 2 * H, T(1), dax_t, GH, p.w.w_hh + j0, H, T(1),
-                dh.get() + j0, H);
+        step_gemm(B, dax_t, GH, rec, true, dh.get() + j0, H, a_pack);
       } else if (projected) {
         // dL/dh_out = carried dh + dy on active rows; there the carried dh is used up (the
         // GEMM below rebuilds it), on padded rows it passes through unchanged.
@@ -416,22 +537,19 @@ void backward_cell(const BackwardParams<T>& p) {
           }
         }
         pool.barrier();  // dL/dh_out complete
-        gemm<T>(false, false, B, hs, P, T(1), dho, P, p.w.w_hr + j0, H, T(0),
-                dh_raw.get() + j0, H);
+        step_gemm(B, dho, P, rec_2, false, dh_raw.get() + j0, H, a_pack);
         st.dh_raw = dh_raw.get();
         st.h_raw = h_raw.get() + t * B * H;
         if (hs > 0) k.backward_projected(st);
         pool.barrier();  // dL/d(pre-activations) complete
-        gemm<T>(false, false, B, p1 - p0, GH, T(1), dah_t, GH, p.w.w_hh + p0, P, T(1),
-                dh.get() + p0, P);
+        step_gemm(B, dah_t, GH, rec, true, dh.get() + p0, P, a_pack);
       } else {
         st.dy = p.dy + t * B * lddy;
         st.dy_ld = lddy;
         st.dh = dh.get();
         if (hs > 0) k.backward(st);
         pool.barrier();  // dL/d(pre-activations) complete
-        gemm<T>(false, false, B, hs, GH, T(1), dah_t, GH, p.w.w_hh + j0, H, T(1),
-                dh.get() + j0, H);
+        step_gemm(B, dah_t, GH, rec, true, dh.get() + j0, H, a_pack);
       }
     }
     // Deferred over all T·B rows, split across the threads: dx by rows, the weight

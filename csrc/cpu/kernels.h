@@ -80,10 +80,19 @@ struct CellKernels {
   Bwd backward_gates = nullptr;
 };
 
+// C[M, N] = A[M, K]·B, or C += A·B when accumulate, with B packed into column panels of 16
+// (the engine's pack_panels; see cpu/panel_gemm.h). a_pack: scratch of 6·ceil(M/6)·K floats.
+using PanelGemm = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                           const float* panels, float* C, int64_t ldc, bool accumulate,
+                           float* a_pack);
+constexpr int64_t kPanelCols = 16;  // columns per panel
+constexpr int64_t kPanelRows = 6;   // rows of A per packed block
+
 // Every cell × dtype, for one instruction set.
 struct KernelTable {
   CellKernels<float> f32[5];   // indexed by CellKind
   CellKernels<double> f64[5];
+  PanelGemm panel_gemm = nullptr;  // AVX2+FMA only; null: the engine calls BLAS
 };
 
 // The table for this CPU: AVX2+FMA code where the CPU has both, else the baseline x86-64 code.
