@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // cpu/panel_gemm.h — the per-step recurrent product C = A·B (+ C) against weights packed once
 // per call. OpenBLAS has no way to keep a packed operand between calls: its sgemm re-packs
-// the whole weight matrix on every time step, which `perf` puts at ~10 % of S4 LSTM
-// inference (sgemm_incopy) and more than the product itself is worth at small batch. Here B
-// is packed into column panels once (pack_panels, engine.cpp) and every step only packs its
-// small A (the batch's state). Compiled per instruction set through kernels_isa.cpp; only the
+// the whole weight matrix on every time step, which `perf` puts at 8-10 % of S3/S4 LSTM
+// inference (sgemm_incopy). Here B is packed into column panels once (pack_panels,
+// engine.cpp) and every step only packs its small A (the batch's state); what that bought is
+// in benchmarks/README.md. Compiled per instruction set through kernels_isa.cpp; only the
 // AVX2+FMA table has it (the baseline table leaves it null and the engine calls BLAS).
 //
 // Layout: panel q holds columns [16q, 16q + 16) of B as [K][16] floats, zero past column N.
