@@ -154,14 +154,18 @@ bool use_panels(int64_t rows) {
   return std::is_same_v<T, float> && kernels().panel_gemm != nullptr && rows >= kPanelMinRows;
 }
 
-// B of a per-step product C = A·B: [K, N] = w (trans: wᵀ) as BLAS reads it, and, when
-// packed, the same B in panels.
+// B of a per-step product C = A·B, [K, N]: trans = false, B[k][n] = w[k·ldw + n]; trans,
+// column n of B is row (n / block)·block_stride + n mod block of w. The blocks are a thread's
+// units gate by gate: block = its units, block_stride = H read in place from the caller's
+// weights, block_stride = block from a copy that packs them together (the only form BLAS
+// reads; block = N for plain rows). panels: the same B packed, when it is.
 template <class T>
 struct StepWeights {
   const T* w = nullptr;
   int64_t ldw = 0;
   bool trans = false;
   int64_t K = 0, N = 0;
+  int64_t block = 0, block_stride = 0;
   const T* panels = nullptr;
 };
 
@@ -175,33 +179,35 @@ struct PanelSpace {
   T* at(T* base, int64_t n0, int tid) const { return base + (n0 + kPanelCols * tid) * K; }
 };
 
-// w (trans: wᵀ), [K, N], into panels of kPanelCols columns: panel q holds B[k][16q + c] at
+// b's B into panels of kPanelCols columns: panel q holds B[k][16q + c] at
 // out[(q·K + k)·16 + c], zero past column N.
 template <class T>
-void pack_panels(const T* w, int64_t ldw, bool trans, int64_t K, int64_t N, T* out) {
-  for (int64_t q = 0; q * kPanelCols < N; ++q) {
-    T* panel = out + q * K * kPanelCols;
+void pack_panels(const StepWeights<T>& b, T* out) {
+  for (int64_t q = 0; q * kPanelCols < b.N; ++q) {
+    T* panel = out + q * b.K * kPanelCols;
     for (int64_t c = 0; c < kPanelCols; ++c) {
       const int64_t n = q * kPanelCols + c;
-      for (int64_t k = 0; k < K; ++k)
-        panel[k * kPanelCols + c] = n >= N ? T(0) : trans ? w[n * ldw + k] : w[k * ldw + n];
+      if (n >= b.N) {
+        for (int64_t k = 0; k < b.K; ++k) panel[k * kPanelCols + c] = T(0);
+      } else if (b.trans) {
+        const T* row = b.w + ((n / b.block) * b.block_stride + n % b.block) * b.ldw;
+        for (int64_t k = 0; k < b.K; ++k) panel[k * kPanelCols + c] = row[k];
+      } else {
+        for (int64_t k = 0; k < b.K; ++k) panel[k * kPanelCols + c] = b.w[k * b.ldw + n];
+      }
     }
   }
 }
 
-// The operand B = w (trans: wᵀ) [K, N] of a thread's per-step products, packed into `panels`
-// when use_panels(rows).
+// The operand B [K, N] of a thread's per-step products (see StepWeights; block = N unless
+// given), packed into `panels` when use_panels(rows).
 template <class T>
 StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int64_t N,
-                            int64_t rows, T* panels) {
-  StepWeights<T> s;
-  s.w = w;
-  s.ldw = ldw;
-  s.trans = trans;
-  s.K = K;
-  s.N = N;
+                            int64_t rows, T* panels, int64_t block = 0,
+                            int64_t block_stride = 0) {
+  StepWeights<T> s{w, ldw, trans, K, N, block ? block : N, block ? block_stride : N, nullptr};
   if (use_panels<T>(rows) && N > 0) {
-    pack_panels(w, ldw, trans, K, N, panels);
+    pack_panels(s, panels);
     s.panels = panels;
   }
   return s;
@@ -217,6 +223,7 @@ void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool
       return;
     }
   }
+  // BLAS reads B as one matrix: packed operands' blocks are contiguous (block_stride == block)
   gemm<T>(false, b.trans, M, b.N, b.K, T(1), A, lda, b.w, b.ldw, accumulate ? T(1) : T(0), C,
           ldc);
 }
@@ -274,11 +281,13 @@ void forward_cell(const ForwardParams<T>& p) {
 
   ThreadPool& pool = ThreadPool::instance();
   const int64_t Tc = std::max<int64_t>(projection_chunk(T_, B), 1);
-  // What a thread keeps per hidden unit it owns: its packed rows of W_ih and W_hh, and its
-  // columns of the input and recurrent projections. Thread buffers start at j0 * per_unit,
-  // so one allocation fits any thread count.
+  // What a thread keeps per hidden unit it owns: its packed rows of W_ih and of W_hh (these
+  // only for BLAS: the panels below read W_hh in place), and its columns of the input and
+  // recurrent projections. Thread buffers start at j0 * per_unit, so one allocation fits any
+  // thread count.
   constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
-  const int64_t per_unit = G * (I + Ho) + Tc * B * G + (kSummed ? 0 : B * G);
+  const bool panels = use_panels<T>(B);
+  const int64_t per_unit = G * (I + (panels ? 0 : Ho)) + Tc * B * G + (kSummed ? 0 : B * G);
   auto own = scratch<T>(H * per_unit);
   const int max_threads = pool.size();  // the region gets at most this many
   auto actives = scratch<uint8_t>(max_threads * B);
@@ -288,7 +297,6 @@ void forward_cell(const ForwardParams<T>& p) {
   // The per-step products' weights in panels: W_hh (two-phase cells: its r, z rows, then its
   // n rows) and W_hr; A (h_{t-1}, r⊙h_{t-1}, h before W_hr) packed per product.
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
-  const bool panels = use_panels<T>(B);
   const PanelSpace ps_hh{Ho, kTwoPhase ? 2 * H : GH}, ps_n{H, kTwoPhase ? H : 0},
       ps_hr{H, projected ? P : 0};
   const int64_t n_pan_hh = ps_hh.floats(max_threads), n_pan_n = ps_n.floats(max_threads);
@@ -302,25 +310,28 @@ void forward_cell(const ForwardParams<T>& p) {
     if (projected) split(P, tid, nt, 8, p0, p1);
     const int64_t hs = j1 - j0, Gs = G * hs;
     T* packed_ih = own.get() + j0 * per_unit;  // [G*hs, I]
-    T* packed_hh = packed_ih + Gs * I;         // [G*hs, Ho]
-    T* ax = packed_hh + Gs * Ho;               // [Tc*B, G*hs]
+    T* packed_hh = packed_ih + Gs * I;         // [G*hs, Ho], without panels
+    T* ax = packed_hh + (panels ? 0 : Gs * Ho);  // [Tc*B, G*hs]
     T* ah = kSummed ? nullptr : ax + Tc * B * Gs;  // [B, G*hs]
     uint8_t* active = actives.get() + tid * B;
     // A thread that owns every unit would pack the matrices into their own layout: it reads
     // the caller's (S5, 1 thread: 2 MB fewer copied per call).
     const bool all_units = j0 == 0 && j1 == H;
-    if (!all_units) {
-      pack_unit_rows(p.w.w_ih, G, H, I, j0, j1, packed_ih);
-      pack_unit_rows(p.w.w_hh, G, H, Ho, j0, j1, packed_hh);
-    }
+    const bool copy_hh = !all_units && !panels;
+    if (!all_units) pack_unit_rows(p.w.w_ih, G, H, I, j0, j1, packed_ih);
+    if (copy_hh) pack_unit_rows(p.w.w_hh, G, H, Ho, j0, j1, packed_hh);
     const T* w_ih = all_units ? p.w.w_ih : packed_ih;
-    const T* w_hh = all_units ? p.w.w_hh : packed_hh;
+    // my rows of W_hh, gate by gate: a block of hs rows every H rows of the caller's matrix,
+    // or every hs rows of the copy
+    const T* w_hh = copy_hh ? packed_hh : p.w.w_hh + j0 * Ho;
+    const int64_t gate_rows = copy_hh ? hs : H;
     T* pan = panel_buf.get();
     const StepWeights<T> rec = step_weights(w_hh, Ho, true, Ho, kTwoPhase ? 2 * hs : Gs, B,
-                                            ps_hh.at(pan, (kTwoPhase ? 2 : G) * j0, tid));
+                                            ps_hh.at(pan, (kTwoPhase ? 2 : G) * j0, tid), hs,
+                                            gate_rows);
     StepWeights<T> rec_n, proj;  // two-phase: the n rows; projection: W_hr's rows [p0, p1)
     if constexpr (kTwoPhase)
-      rec_n = step_weights(w_hh + 2 * hs * Ho, Ho, true, H, hs, B,
+      rec_n = step_weights(w_hh + 2 * gate_rows * Ho, Ho, true, H, hs, B,
                            ps_n.at(pan + n_pan_hh, j0, tid));
     if (projected)
       proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0, B,
