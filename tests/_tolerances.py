@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The one table of error budgets for fastrnn's tests, and the one comparison helper.
+"""The one table of error budgets for fastrnn's tests, and the comparison helpers that apply them.
 
 Every check is per element, in llm.c's form: |actual - expected| <= atol + rtol * |expected|.
 A budget says why it has the size it has; tests import names from here, never literals.
@@ -64,6 +64,25 @@ F32_FACTOR_FORWARD = 2.0
 F32_FACTOR_BACKWARD = 3.0
 # Floor for outputs whose float32 reference error happens to be ~0 (exact zeros, padding).
 F32_ATOL_FLOOR = 1e-6
+
+
+def assert_within_float32_budget(actual, naive, exact, *, forward, name, floor=F32_ATOL_FLOOR):
+    """The float32 rule above, for one output: max |actual - exact| <= FACTOR x max |naive -
+    exact| + floor, with exact the float64 reference, naive the float32 reference on the same
+    inputs, and FACTOR = F32_FACTOR_FORWARD for outputs and final states (forward=True), else
+    F32_FACTOR_BACKWARD. Prints both errors first, as assert_close does."""
+    exact = np.asarray(exact, np.float64)
+    assert np.shape(actual) == exact.shape == np.shape(naive), f"{name}: shapes differ"
+
+    def max_err(a):
+        return float(np.max(np.abs(np.asarray(a, np.float64) - exact))) if exact.size else 0.0
+
+    factor = F32_FACTOR_FORWARD if forward else F32_FACTOR_BACKWARD
+    e_got, e_naive = max_err(actual), max_err(naive)
+    print(f"{name}: float32 error {e_got:.2e}, float32 reference error {e_naive:.2e}")
+    assert e_got <= factor * e_naive + floor, (
+        f"{name}: float32 error {e_got:.3e} > {factor} x float32 reference error "
+        f"{e_naive:.3e} + {floor:.3g}")
 
 # ----------------------------------------------------------------------------------------------
 # CUDA engine, norm-wise: max |error| / max |value| of each output against the float64

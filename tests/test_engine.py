@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from _tolerances import (F32_ATOL_FLOOR, F32_FACTOR_BACKWARD, F32_FACTOR_FORWARD,
-                         SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close)
+from _tolerances import (SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,
+                         assert_within_float32_budget)
 
 pytestmark = pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"],
                                 reason="compiled CPU engine not built")
@@ -140,8 +140,15 @@ def test_threads_give_reference_results(threads):
 # float32: no worse than a float32 implementation of the same maths, measured
 
 
-def max_err(a, ref64):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - ref64))) if ref64.size else 0.0
+def check_float32(cell, kw, problem, lengths, L, D, what=""):
+    """The engine in float32 against the float64 reference, within the float32 budget."""
+    exact = run(cell, kw, problem, "reference", lengths=lengths, L=L, D=D)  # float64 oracle
+    naive = run(cell, kw, problem, "reference", lengths=lengths, L=L, D=D, dtype=np.float32)
+    got = run(cell, kw, problem, "cpu", lengths=lengths, L=L, D=D, dtype=np.float32)
+    for name, ref in exact.items():
+        assert got[name].dtype == np.float32
+        assert_within_float32_budget(got[name], naive[name], ref, name=f"{what}{name}",
+                                     forward=name in ("y", "h_n", "c_n"))
 
 
 @pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
@@ -150,17 +157,7 @@ def test_float32_error_within_naive_budget(cell, kw, lengths):
     T, B, I, H = 30, 9, 37, 45  # H not a multiple of 8: vector bodies and remainders both run
     problem = make_problem(cell, kw, T, B, I, H, L=2, D=2)
     lens = None if lengths is None else np.random.default_rng(5).integers(0, T + 1, B)
-    exact = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2)  # float64 oracle
-    naive = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2, dtype=np.float32)
-    got = run(cell, kw, problem, "cpu", lengths=lens, L=2, D=2, dtype=np.float32)
-    for name, ref in exact.items():
-        assert got[name].dtype == np.float32
-        budget = F32_FACTOR_FORWARD if name in ("y", "h_n", "c_n") else F32_FACTOR_BACKWARD
-        e_got, e_naive = max_err(got[name], ref), max_err(naive[name], ref)
-        print(f"{name}: kernel {e_got:.2e}, float32 reference {e_naive:.2e}")
-        assert e_got <= budget * e_naive + F32_ATOL_FLOOR, (
-            f"{name}: float32 kernel error {e_got:.3e} > {budget} x float32 reference error "
-            f"{e_naive:.3e} + {F32_ATOL_FLOOR:g}")
+    check_float32(cell, kw, problem, lens, L=2, D=2)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -175,15 +172,7 @@ def test_float32_step_products_every_batch_and_thread_split(B, threads, restore_
     lens = np.random.default_rng(B).integers(0, T + 1, B)
     for cell, kw in VARIANTS:
         problem = make_problem(cell, kw, T, B, I, H, L=2, D=2, seed=B)
-        exact = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2)
-        naive = run(cell, kw, problem, "reference", lengths=lens, L=2, D=2, dtype=np.float32)
-        got = run(cell, kw, problem, "cpu", lengths=lens, L=2, D=2, dtype=np.float32)
-        for name, ref in exact.items():
-            budget = F32_FACTOR_FORWARD if name in ("y", "h_n", "c_n") else F32_FACTOR_BACKWARD
-            e_got, e_naive = max_err(got[name], ref), max_err(naive[name], ref)
-            assert e_got <= budget * e_naive + F32_ATOL_FLOOR, (
-                f"{cell} {kw} {name}: float32 kernel error {e_got:.3e} > {budget} x float32 "
-                f"reference error {e_naive:.3e} + {F32_ATOL_FLOOR:g}")
+        check_float32(cell, kw, problem, lens, L=2, D=2, what=f"{cell} {kw} ")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from _tolerances import (F32_ATOL_FLOOR, F32_FACTOR_BACKWARD, F32_FACTOR_FORWARD,
-                         SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close)
+from _tolerances import (SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,
+                         assert_within_float32_budget)
 from test_api import VARIANTS, Problem, assert_bitwise, assert_same_maths
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -330,11 +330,9 @@ def test_huge_pre_activations_saturate_without_warnings(variant, dtype):
         if dtype == np.float64:
             assert_close(got[name], exact[name], rtol=SAME_MATHS_F64_RTOL,
                          atol=SAME_MATHS_F64_ATOL, name=name)
-        else:  # the float32 rule of _tolerances.py, against float64 on the same inputs
-            factor = F32_FACTOR_FORWARD if name in ("y", "h_n", "c_n") else F32_FACTOR_BACKWARD
-            e_got = float(np.max(np.abs(got[name] - exact[name])))
-            e_naive = float(np.max(np.abs(naive[name] - exact[name])))
-            assert e_got <= factor * e_naive + F32_ATOL_FLOOR, (name, e_got, e_naive)
+        else:  # against float64 on the same inputs
+            assert_within_float32_budget(got[name], naive[name], exact[name], name=name,
+                                         forward=name in ("y", "h_n", "c_n"))
 
 
 # ----------------------------------------------------------------------------------------------
