@@ -144,8 +144,9 @@ void column_sums(const T* a, int64_t rows, int64_t n, int64_t ld, double* acc, T
 // panel GEMM (float on AVX2+FMA) and the batch has at least kPanelMinRows rows, each thread
 // packs its share of the weights into panels once per call (cpu/panel_gemm.h); otherwise
 // BLAS reads them in place (1-3 rows go to gemv there, which packs nothing either).
-// `python -m fastrnn bench --shapes S2,S3,S4 --cells lstm --threads 1`: see
-// benchmarks/README.md for what it bought.
+// `python -m fastrnn bench --shapes S1,S2,S3,S4 --cells lstm,gru --threads 1 --peers torch`,
+// before and after, two rounds: S1/S2 10-25 % faster, S3/S4 within the noise (the table is
+// in benchmarks/README.md).
 // ---------------------------------------------------------------------------------------
 constexpr int64_t kPanelMinRows = 4;
 
@@ -174,7 +175,9 @@ struct StepWeights {
 // takes at most (n + kPanelCols - 1)·K floats, so the shares never overlap.
 struct PanelSpace {
   int64_t K = 0, n_total = 0;
-  int64_t floats(int threads) const { return n_total > 0 ? (n_total + kPanelCols * threads) * K : 0; }
+  int64_t floats(int threads) const {
+    return n_total > 0 ? (n_total + kPanelCols * threads) * K : 0;
+  }
   template <class T>
   T* at(T* base, int64_t n0, int tid) const { return base + (n0 + kPanelCols * tid) * K; }
 };
@@ -472,7 +475,8 @@ void backward_cell(const BackwardParams<T>& p) {
   // with a projection dL/dh_out·W_hr gives dL/d(h before W_hr).
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
   const bool panels = use_panels<T>(B);
-  const PanelSpace ps_dh{kTwoPhase ? 2 * H : GH, Ho}, ps_2{kTwoPhase ? H : P, kTwoPhase || projected ? H : 0};
+  const PanelSpace ps_dh{kTwoPhase ? 2 * H : GH, Ho},
+      ps_2{kTwoPhase ? H : P, kTwoPhase || projected ? H : 0};
   const int64_t n_pan_dh = ps_dh.floats(max_threads);
   auto panel_buf = scratch<T>(panels ? n_pan_dh + ps_2.floats(max_threads) : 0);
   const int64_t a_pack_n = panels ? a_pack_floats(B, GH) : 0;
