@@ -19,30 +19,40 @@
 
 namespace fastrnn {
 
-FASTRNN_HD float bits_to_float(std::int32_t i) {
+FASTRNN_HD float bits_to_float(std::uint32_t i) {
 #if defined(__CUDA_ARCH__)
-  return __int_as_float(i);
+  return __uint_as_float(i);
 #else
   float f;
   std::memcpy(&f, &i, sizeof f);
   return f;
 #endif
 }
+FASTRNN_HD std::uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  std::uint32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+#endif
+}
 
-// 2^k for integer k in [-126, 127], built from its exponent bits.
-FASTRNN_HD float exp2i(std::int32_t k) { return bits_to_float((k + 127) << 23); }
-
-// exp(x) = 2^n · exp(r), n = round(x / ln 2), r = x − n·ln 2 ∈ [−ln2/2, ln2/2], exp(r) by a
-// degree-6 polynomial. 2^n is applied as two factors so results down to the subnormals are
-// right; x is clamped to [−104, 89] first (beyond it the result is 0 or inf anyway).
-FASTRNN_HD float exp_f32(float x) {
-  const bool nan = !(x == x);
-  float xc = nan ? 0.0f : x;
-  xc = xc < -104.0f ? -104.0f : xc;
-  xc = xc > 89.0f ? 89.0f : xc;
-  // round to nearest by the 1.5·2^23 trick (exact for |v| < 2^22, no integer conversion of x)
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f;  // ln 2 split in two so n·ln 2 is exact to float precision
+// exp(x) = 2^k · exp(r), k = round(x / ln 2), r = x − k·ln 2 ∈ [−ln2/2, ln2/2]: returns
+// exp(r), by a degree-6 polynomial, and k as the low bits of the rounding sum (k mod 2^32).
+// k is rounded by adding 1.5·2^23 (exact for |x / ln 2| < 2^22) and read from that sum's
+// bits, with no float-to-integer conversion: a NaN x gives a NaN exp(r), whatever k holds,
+// so NaN needs no case of its own (and no conversion of NaN, undefined in C++).
+struct ExpParts {
+  float p;
+  std::uint32_t k;
+};
+FASTRNN_HD ExpParts exp_parts(float x) {
+  constexpr float kShift = 12582912.0f;           // 1.5 · 2^23
+  constexpr std::uint32_t kShiftBits = 0x4B400000u;
+  const float sum = x * 1.44269504088896341f + kShift;
+  const float n = sum - kShift;
+  float r = x - n * 0.693359375f;  // ln 2 split in two so n·ln 2 is exact to float precision
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -51,10 +61,23 @@ FASTRNN_HD float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const std::int32_t k = static_cast<std::int32_t>(n);  // in [-150, 129]
-  const std::int32_t k1 = k / 2;
-  const float result = p * exp2i(k1) * exp2i(k - k1);
-  return nan ? x : result;
+  return {p, float_to_bits(sum) - kShiftBits};
+}
+
+// exp(x) for x <= 0 (or NaN), subnormal results included: x is clamped at −104 (below, the
+// result rounds to 0), k ∈ [−150, 0] and 2^k is applied as two factors 2^k1 · 2^(k − k1),
+// each a normal float, so the last product rounds once into the subnormals. Built from
+// exponent bits in unsigned arithmetic: k1 + 127 = e1 − 1 with e1 = (k + 256) / 2.
+FASTRNN_HD float exp_nonpositive(float x) {
+  const ExpParts e = exp_parts(x < -104.0f ? -104.0f : x);  // NaN passes the comparison
+  const std::uint32_t e1 = (e.k + 256u) >> 1;
+  return e.p * bits_to_float((e1 - 1u) << 23) * bits_to_float((e.k - e1 + 255u) << 23);
+}
+
+// exp(x) for 0 <= x <= 20 (or NaN): k ∈ [0, 29], one factor.
+FASTRNN_HD float exp_small(float x) {
+  const ExpParts e = exp_parts(x);
+  return e.p * bits_to_float((e.k + 127u) << 23);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -67,7 +90,7 @@ FASTRNN_HD float exp_f32(float x) {
 // textbook 1/(1 + e^−x) rounds 1 + e first: for x > 16 it lands a whole ulp below the
 // nearest float to σ(x), which doubles σ' = σ(1 − σ) in saturated gates.) NaN: e is NaN.
 FASTRNN_HD float sigmoid(float x) {
-  const float e = exp_f32(-std::fabs(x));
+  const float e = exp_nonpositive(-std::fabs(x));
   const float s = e / (1.0f + e);
   return x < 0.0f ? s : 1.0f - s;
 }
@@ -78,7 +101,8 @@ FASTRNN_HD double sigmoid(double x) {
 }
 
 // tanh: for |x| < 0.625 the odd polynomial x + x³·P(x²) (no cancellation near 0); else
-// 1 − 2/(e^{2|x|} + 1) with the sign of x. Both are evaluated and one is selected.
+// 1 − 2/(e^{2|x|} + 1) with the sign of x, 2|x| capped at 19 (beyond, both are 1 in float:
+// 2/(e^19 + 1) < 2^-26). Both are evaluated and one is selected; NaN passes the cap.
 FASTRNN_HD float tanh_act(float x) {
   const float ax = std::fabs(x);
   const float s = x * x;
@@ -88,7 +112,8 @@ FASTRNN_HD float tanh_act(float x) {
   p = p * s + 1.33314422036e-1f;
   p = p * s - 3.33332819422e-1f;
   const float small = x + x * s * p;
-  const float large = std::copysign(1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f), x);
+  const float v = 2.0f * ax;
+  const float large = std::copysign(1.0f - 2.0f / (exp_small(v > 19.0f ? 19.0f : v) + 1.0f), x);
   return ax < 0.625f ? small : large;
 }
 FASTRNN_HD double tanh_act(double x) { return std::tanh(x); }
