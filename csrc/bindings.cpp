@@ -9,10 +9,12 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "cpu/blocks.h"
 #include "fastrnn/engine.h"
 
 namespace py = pybind11;
@@ -33,6 +35,26 @@ void expect_shape(const Arr<T>& a, std::vector<int64_t> dims, const char* name) 
     for (py::ssize_t d = 0; d < a.ndim(); ++d) got += std::to_string(a.shape(d)) + ",";
     throw std::invalid_argument(std::string(name) + ": expected shape " + want + ") got " + got + ")");
   }
+}
+
+// A new C-contiguous array. From kMinCachedBytes on it takes a block kept between calls
+// (cpu/blocks.h: memory already faulted in) and gives the block back when NumPy frees it.
+template <class T>
+Arr<T> new_array(std::vector<int64_t> shape) {
+  size_t bytes = sizeof(T);
+  for (int64_t d : shape) {
+    if (d < 0 || (d > 0 && bytes > SIZE_MAX / 2 / size_t(d))) return Arr<T>(shape);  // NumPy says why
+    bytes *= size_t(d);
+  }
+  if (bytes < cpu::kMinCachedBytes) return Arr<T>(shape);
+  auto owner = std::make_unique<cpu::Block>(cpu::allocate_block(bytes));
+  T* data = static_cast<T*>(owner->p);
+  py::capsule base(owner.get(), [](void* o) {
+    std::unique_ptr<cpu::Block> block(static_cast<cpu::Block*>(o));
+    cpu::release_block(*block);
+  });
+  owner.release();  // the capsule has it now
+  return Arr<T>(shape, data, base);
 }
 
 template <class T>
@@ -103,10 +125,10 @@ py::tuple forward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H,
   if (c.has_c != bool(c0)) throw std::invalid_argument("c0: expected only for LSTM");
   if (c0) expect_shape(*c0, {LD, s.B, s.H}, "c0");
 
-  Arr<T> y({s.T, s.B, D * s.hout()}), h_n({LD, s.B, s.hout()});
+  Arr<T> y = new_array<T>({s.T, s.B, D * s.hout()}), h_n({LD, s.B, s.hout()});
   std::optional<Arr<T>> c_n, reserve;
   if (c.has_c) c_n = Arr<T>({LD, s.B, s.H});
-  if (training) reserve = Arr<T>({stack_reserve_elements(c.cell, s, L, D)});
+  if (training) reserve = new_array<T>({stack_reserve_elements(c.cell, s, L, D)});
 
   StackForwardParams<T> p;
   p.cell = c.cell;
@@ -147,7 +169,7 @@ py::tuple backward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H
   if (dc_n && !c.has_c) throw std::invalid_argument("dc_n: expected only for LSTM");
   if (dc_n) expect_shape(*dc_n, {LD, s.B, s.H}, "dc_n");
 
-  Arr<T> dx({s.T, s.B, s.I}), dh0({LD, s.B, s.hout()});
+  Arr<T> dx = new_array<T>({s.T, s.B, s.I}), dh0({LD, s.B, s.hout()});
   std::optional<Arr<T>> dc0;
   if (c.has_c) dc0 = Arr<T>({LD, s.B, s.H});
   std::vector<Arr<T>> dflat;  // same order and shapes as `weights`
@@ -210,6 +232,7 @@ PYBIND11_MODULE(_core, m) {
     return stack_reserve_elements(CellKind(cell), RnnShape{T, B, I, H, P}, L, D);
   });
   m.def("simd_level", &cpu::simd_level);
+  m.def("cached_block_bytes", &cpu::cached_block_bytes);
   m.def("blas_info", &cpu::blas_info);
   m.def("num_threads", &cpu::num_threads);
   m.def("set_num_threads", &cpu::set_num_threads);

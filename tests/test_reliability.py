@@ -200,6 +200,38 @@ def test_no_memory_growth_over_thousands_of_training_calls():
     assert after - before < 4096, f"resident memory grew {after - before} KiB over 3,000 calls"
 
 
+def test_large_blocks_are_kept_between_calls_but_never_shared():
+    """Blocks of 1 MiB and more (y, dx, the reserve, the engine's scratch) are kept for later
+    calls instead of being faulted in afresh each time: a block comes back only once NumPy
+    has freed its array, so what a call returned keeps its values, bit for bit, while later
+    calls of every size run; what is kept never exceeds the 128 MiB bound."""
+    from fastrnn import _core
+
+    rng = np.random.default_rng(0)
+    T, B, I, H = 40, 64, 48, 128  # y 1.25 MiB, the reserve 7.5 MiB
+    w = [rng.uniform(-0.1, 0.1, s).astype(np.float32) for s in ((4 * H, I), (4 * H, H))]
+    x1, x2 = (rng.standard_normal((T, B, I), dtype=np.float32) for _ in range(2))
+    dy = rng.standard_normal((T, B, H), dtype=np.float32)
+    out = fastrnn.lstm_forward(x1, w, training=True, backend="cpu")
+    want_y = out.y.copy()
+    want_dx = fastrnn.lstm_backward(out.saved, dy).dx.copy()
+    del out
+
+    kept = fastrnn.lstm_forward(x1, w, training=True, backend="cpu")
+    grads = fastrnn.lstm_backward(kept.saved, dy)
+    for t in (T, 3 * T, T // 2, 10 * T, T):  # other calls, of other sizes, come and go
+        x = np.resize(x2, (t, B, I))
+        other = fastrnn.lstm_forward(x, w, training=True, backend="cpu")
+        fastrnn.lstm_backward(other.saved, np.ones_like(other.y))
+        assert _core.cached_block_bytes() <= 128 * 2**20
+    again = fastrnn.lstm_backward(kept.saved, dy).dx  # from the reserve kept meanwhile
+    assert_bitwise({"y": kept.y, "dx": grads.dx, "dx again": again},
+                   {"y": want_y, "dx": want_dx, "dx again": want_dx},
+                   "kept while other calls ran:")
+    del kept, grads, other, again
+    assert 0 < _core.cached_block_bytes() <= 128 * 2**20
+
+
 def test_stacked_inference_memory_does_not_grow_with_T():
     """A 2-layer LSTM over T=20,000 steps (B=16, H=128, float32) runs chunk by chunk through
     both layers: its peak memory beyond x and y is the chunk's, not the 156 MiB of the whole

@@ -20,10 +20,7 @@
 #include <new>
 #include <type_traits>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "cpu/blocks.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/threads.h"
@@ -53,35 +50,23 @@ namespace cpu {
 namespace {
 
 struct FreeBlock {
-  void operator()(void* p) const { std::free(p); }
+  size_t capacity = 0;
+  void operator()(void* p) const { release_block(Block{p, capacity}); }
 };
 template <class E>
 using Scratch = std::unique_ptr<E[], FreeBlock>;
 
 // Uninitialised scratch of n elements (n may be 0); std::bad_alloc when it cannot be had.
-// Blocks of 4 MiB and more are 2 MiB-aligned and advised to use transparent huge pages, as
-// NumPy does for its arrays: the kernel faults a fresh block in page by page, 4 KiB at a
-// time, ~11,900 faults per S3 LSTM training call (getrusage), 450 with huge pages. With the
-// smaller projection chunk below, `python -m fastrnn bench --shapes S3,S4 --cells lstm
-// --threads 1`, two rounds: training S3 302/301 -> 287/280 ms, S4 1123/1079 -> 1027/1036.
+// Large blocks come back from the last calls (cpu/blocks.h) and are otherwise 2 MiB-aligned
+// and advised to use transparent huge pages, as NumPy does for its arrays: the kernel faults
+// a fresh block in page by page, 4 KiB at a time, ~11,900 faults per S3 LSTM training call
+// (getrusage), 450 with huge pages.
 template <class E>
 Scratch<E> scratch(int64_t n) {
-  constexpr size_t kHuge = size_t(2) << 20;
-  if (static_cast<uint64_t>(std::max<int64_t>(n, 1)) > (SIZE_MAX - kHuge) / sizeof(E))
-    throw std::bad_alloc();  // the byte count would overflow
-  const size_t bytes = sizeof(E) * static_cast<size_t>(std::max<int64_t>(n, 1));
-  void* p = nullptr;
-  if (bytes >= 2 * kHuge) {
-    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    p = std::aligned_alloc(kHuge, rounded);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (p) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
-#endif
-  } else {
-    p = std::malloc(bytes);
-  }
-  if (!p) throw std::bad_alloc();
-  return Scratch<E>(static_cast<E*>(p));
+  const uint64_t count = static_cast<uint64_t>(std::max<int64_t>(n, 1));
+  if (count > SIZE_MAX / 2 / sizeof(E)) throw std::bad_alloc();  // the byte count would overflow
+  const Block b = allocate_block(sizeof(E) * static_cast<size_t>(count));
+  return Scratch<E>(static_cast<E*>(b.p), FreeBlock{b.capacity});
 }
 template <class E>
 Scratch<E> zeroed(int64_t n) {

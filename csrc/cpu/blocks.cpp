@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: MIT
+// cpu/blocks.cpp — see blocks.h.
+#include "cpu/blocks.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace fastrnn::cpu {
+namespace {
+
+constexpr size_t kHugePage = size_t(2) << 20;
+
+struct Cache {
+  std::mutex m;
+  std::vector<Block> free;  // oldest first
+  size_t held = 0;
+};
+
+// Never destroyed: a NumPy array that owns a block may be collected after static destructors
+// have run (at interpreter exit); what the cache holds then is still reachable, not leaked.
+Cache& cache() {
+  static Cache* c = new Cache;
+  return *c;
+}
+
+}  // namespace
+
+Block allocate_block(size_t bytes) {
+  if (bytes < kMinCachedBytes) {
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    return {p, bytes};
+  }
+  if (bytes > SIZE_MAX - kHugePage) throw std::bad_alloc();
+  const bool huge = bytes >= kHugeBlockBytes;
+  const size_t size = huge ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+  {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.m);
+    size_t best = c.free.size();
+    for (size_t i = 0; i < c.free.size(); ++i) {
+      const size_t cap = c.free[i].capacity;
+      if (cap >= size && cap / 2 <= size &&
+          (best == c.free.size() || cap < c.free[best].capacity))
+        best = i;
+    }
+    if (best < c.free.size()) {
+      const Block b = c.free[best];
+      c.free.erase(c.free.begin() + static_cast<std::ptrdiff_t>(best));
+      c.held -= b.capacity;
+      return b;
+    }
+  }
+  void* p = huge ? std::aligned_alloc(kHugePage, size) : std::malloc(size);
+  if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (huge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
+  return {p, size};
+}
+
+void release_block(Block b) noexcept {
+  if (!b.p) return;
+  if (b.capacity < kMinCachedBytes || b.capacity > kMaxCachedBytes) {
+    std::free(b.p);
+    return;
+  }
+  {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.m);
+    try {
+      c.free.push_back(b);
+    } catch (...) {  // no room to remember it: give it back
+      std::free(b.p);
+      return;
+    }
+    c.held += b.capacity;
+    size_t drop = 0;
+    while (c.held > kMaxCachedBytes) {
+      c.held -= c.free[drop].capacity;
+      std::free(c.free[drop].p);
+      ++drop;
+    }
+    c.free.erase(c.free.begin(), c.free.begin() + static_cast<std::ptrdiff_t>(drop));
+  }
+}
+
+size_t cached_block_bytes() noexcept {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.m);
+  return c.held;
+}
+
+}  // namespace fastrnn::cpu

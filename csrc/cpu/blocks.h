@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: MIT
+// cpu/blocks.h — the CPU engine's large blocks of memory, kept between calls.
+//
+// A training loop asks for the same large blocks on every call (the reserve, the gradient
+// scratch, the input projection, y and dx), and memory fresh from the kernel is cleared and
+// faulted in page by page on first touch, which a virtual machine makes dearer still. With
+// glibc told never to give memory back (GLIBC_TUNABLES mmap/trim thresholds at 256 MiB/1 GiB),
+// S1 LSTM training ran 30-39 ms a call where it ran 35-60 ms (six runs each, 1 thread).
+// So blocks of kMinCachedBytes and more are kept when released, for a later request of up to
+// their size (and at least half of it), up to kMaxCachedBytes in all, the oldest given back
+// first; from kHugeBlockBytes on they are 2 MiB-aligned and advised to use transparent huge
+// pages, as NumPy does for its arrays (a fresh S3 LSTM training call took ~11,900 faults of
+// 4 KiB, 450 with huge pages). Smaller blocks are plain malloc. The floor is below S1's y
+// (1.8 MiB): left to glibc, y and the next call's blocks were trimmed from the heap top and
+// faulted in again every call (1,650 faults a call; 0 with y kept here too).
+#pragma once
+
+#include <cstddef>
+
+namespace fastrnn::cpu {
+
+constexpr size_t kMinCachedBytes = size_t(1) << 20;
+constexpr size_t kHugeBlockBytes = size_t(4) << 20;
+constexpr size_t kMaxCachedBytes = size_t(128) << 20;
+
+struct Block {
+  void* p = nullptr;
+  size_t capacity = 0;  // what release_block must be given back
+};
+
+// At least `bytes` (0 is fine); throws std::bad_alloc when it cannot be had. Uninitialised.
+Block allocate_block(size_t bytes);
+// Thread-safe; a null p does nothing.
+void release_block(Block b) noexcept;
+// Bytes held for reuse now (for tests).
+size_t cached_block_bytes() noexcept;
+
+}  // namespace fastrnn::cpu
