@@ -3,16 +3,16 @@
 //
 // A training loop asks for the same large blocks on every call (the reserve, the gradient
 // scratch, the input projection, y and dx), and memory fresh from the kernel is cleared and
-// faulted in page by page on first touch, which a virtual machine makes dearer still. With
-// glibc told never to give memory back (GLIBC_TUNABLES mmap/trim thresholds at 256 MiB/1 GiB),
-// S1 LSTM training ran 30-39 ms a call where it ran 35-60 ms (six runs each, 1 thread).
+// faulted in page by page on first touch.
 // So blocks of kMinCachedBytes and more are kept when released, for a later request of up to
 // their size (and at least half of it), up to kMaxCachedBytes in all, the oldest given back
 // first; from kHugeBlockBytes on they are 2 MiB-aligned and advised to use transparent huge
 // pages, as NumPy does for its arrays (a fresh S3 LSTM training call took ~11,900 faults of
 // 4 KiB, 450 with huge pages). Smaller blocks are plain malloc. The floor is below S1's y
 // (1.8 MiB): left to glibc, y and the next call's blocks were trimmed from the heap top and
-// faulted in again every call (1,650 faults a call; 0 with y kept here too).
+// faulted in again every call (getrusage: 1,650 faults a call; 0 with y kept here too).
+// What it bought under `python -m fastrnn bench` is in benchmarks/README.md (S1 LSTM training
+// 33.6 / 35.9 -> 29.3 / 27.1 ms in two rounds, with the activations change).
 #pragma once
 
 #include <cstddef>

@@ -57,10 +57,7 @@ template <class E>
 using Scratch = std::unique_ptr<E[], FreeBlock>;
 
 // Uninitialised scratch of n elements (n may be 0); std::bad_alloc when it cannot be had.
-// Large blocks come back from the last calls (cpu/blocks.h) and are otherwise 2 MiB-aligned
-// and advised to use transparent huge pages, as NumPy does for its arrays: the kernel faults
-// a fresh block in page by page, 4 KiB at a time, ~11,900 faults per S3 LSTM training call
-// (getrusage), 450 with huge pages.
+// Blocks of 1 MiB and more come from cpu/blocks.h, kept between calls.
 template <class E>
 Scratch<E> scratch(int64_t n) {
   const uint64_t count = static_cast<uint64_t>(std::max<int64_t>(n, 1));
