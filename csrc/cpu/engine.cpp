@@ -198,24 +198,19 @@ StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int6
   return s;
 }
 
-// C[M, N] = A·B (accumulate: C += A·B); a_pack: kPanelRows·ceil(M/kPanelRows)·K floats.
+// C[M, N] = A·B (accumulate: C += A·B).
 template <class T>
 void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool accumulate,
-               T* C, int64_t ldc, T* a_pack) {
+               T* C, int64_t ldc) {
   if constexpr (std::is_same_v<T, float>) {
     if (b.panels) {
-      kernels().panel_gemm(M, b.N, b.K, A, lda, b.panels, C, ldc, accumulate, a_pack);
+      kernels().panel_gemm(M, b.N, b.K, A, lda, b.panels, C, ldc, accumulate);
       return;
     }
   }
   // BLAS reads B as one matrix: packed operands' blocks are contiguous (block_stride == block)
   gemm<T>(false, b.trans, M, b.N, b.K, T(1), A, lda, b.w, b.ldw, accumulate ? T(1) : T(0), C,
           ldc);
-}
-
-// Floats of a_pack for products of M rows and up to K_max columns of A.
-inline int64_t a_pack_floats(int64_t M, int64_t K_max) {
-  return (M + kPanelRows - 1) / kPanelRows * kPanelRows * K_max;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -280,14 +275,12 @@ void forward_cell(const ForwardParams<T>& p) {
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
   auto h_raw = scratch<T>(projected ? B * H : 0);
   // The per-step products' weights in panels: W_hh (two-phase cells: its r, z rows, then its
-  // n rows) and W_hr; A (h_{t-1}, r⊙h_{t-1}, h before W_hr) packed per product.
+  // n rows) and W_hr; A (h_{t-1}, r⊙h_{t-1}, h before W_hr) read in place.
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
   const PanelSpace ps_hh{Ho, kTwoPhase ? 2 * H : GH}, ps_n{H, kTwoPhase ? H : 0},
       ps_hr{H, projected ? P : 0};
   const int64_t n_pan_hh = ps_hh.floats(max_threads), n_pan_n = ps_n.floats(max_threads);
   auto panel_buf = scratch<T>(panels ? n_pan_hh + n_pan_n + ps_hr.floats(max_threads) : 0);
-  const int64_t a_pack_n = panels ? a_pack_floats(B, std::max(Ho, H)) : 0;
-  auto a_packs = scratch<T>(max_threads * a_pack_n);
 
   pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
@@ -321,7 +314,6 @@ void forward_cell(const ForwardParams<T>& p) {
     if (projected)
       proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0, B,
                           ps_hr.at(pan + n_pan_hh + n_pan_n, p0, tid));
-    T* a_pack = a_packs.get() + tid * a_pack_n;
     int64_t lo = 0, hi = 0;  // time steps [lo, hi) currently projected in ax
 
     for (int64_t n = 0; n < T_; ++n) {
@@ -362,16 +354,16 @@ void forward_cell(const ForwardParams<T>& p) {
         st.y = p.y + t * B * ldy;
         st.y_ld = ldy;
         st.rh = rh.get();
-        step_gemm(B, h_prev, Ho, rec, false, ah, Gs, a_pack);
+        step_gemm(B, h_prev, Ho, rec, false, ah, Gs);
         if (hs > 0) k.forward_gates(st);
         pool.barrier();  // r⊙h complete
-        step_gemm(B, rh.get(), H, rec_n, false, ah + 2 * hs, Gs, a_pack);
+        step_gemm(B, rh.get(), H, rec_n, false, ah + 2 * hs, Gs);
         if (hs > 0) k.forward_state(st);
       } else {
         if constexpr (kSummed)  // W_hh h_{t-1} added to W_ih x_t in place
-          step_gemm(B, h_prev, Ho, rec, true, ax + (t - lo) * B * Gs, Gs, a_pack);
+          step_gemm(B, h_prev, Ho, rec, true, ax + (t - lo) * B * Gs, Gs);
         else
-          step_gemm(B, h_prev, Ho, rec, false, ah, Gs, a_pack);
+          step_gemm(B, h_prev, Ho, rec, false, ah, Gs);
         if (!training) st.saved = nullptr;
         if (!projected) {
           st.h_prev = h_prev;
@@ -393,7 +385,7 @@ void forward_cell(const ForwardParams<T>& p) {
               std::memset(y + b * ldy + p0, 0, sizeof(T) * size_t(p1 - p0));
             }
           }
-          step_gemm(B, h_raw.get(), H, proj, false, y + p0, ldy, a_pack);
+          step_gemm(B, h_raw.get(), H, proj, false, y + p0, ldy);
           for (int64_t b = 0; b < B; ++b) {
             const bool on = !p.lengths || active[b];
             if (on) copy_n(h_next + b * P + p0, y + b * ldy + p0, p1 - p0);
@@ -461,8 +453,6 @@ void backward_cell(const BackwardParams<T>& p) {
       ps_2{kTwoPhase ? H : P, kTwoPhase || projected ? H : 0};
   const int64_t n_pan_dh = ps_dh.floats(max_threads);
   auto panel_buf = scratch<T>(panels ? n_pan_dh + ps_2.floats(max_threads) : 0);
-  const int64_t a_pack_n = panels ? a_pack_floats(B, GH) : 0;
-  auto a_packs = scratch<T>(max_threads * a_pack_n);
   // Nothing inside a parallel region may throw (a thread leaving early would leave the others
   // at a barrier): everything is allocated and checked before it.
 
@@ -480,7 +470,6 @@ void backward_cell(const BackwardParams<T>& p) {
     if (kTwoPhase || projected)
       rec_2 = step_weights(kTwoPhase ? p.w.w_hh + 2 * H * H + j0 : p.w.w_hr + j0, H, false,
                            ps_2.K, hs, B, ps_2.at(pan + n_pan_dh, j0, tid));
-    T* a_pack = a_packs.get() + tid * a_pack_n;
 
     for (int64_t n = 0; n < T_; ++n) {
       const int64_t t = rev ? n : T_ - 1 - n;  // the forward's order, reversed
@@ -513,10 +502,10 @@ void backward_cell(const BackwardParams<T>& p) {
         if (hs > 0) k.backward_state(st);
         pool.barrier();  // da_n complete
         // d(r⊙h) = da_n·W_hn for my units, then dh_{t-1} += [da_r, da_z]·W_h{r,z}
-        step_gemm(B, dax_t + 2 * H, GH, rec_2, false, drh.get() + j0, H, a_pack);
+        step_gemm(B, dax_t + 2 * H, GH, rec_2, false, drh.get() + j0, H);
         if (hs > 0) k.backward_gates(st);
         pool.barrier();  // da_r complete
-        step_gemm(B, dax_t, GH, rec, true, dh.get() + j0, H, a_pack);
+        step_gemm(B, dax_t, GH, rec, true, dh.get() + j0, H);
       } else if (projected) {
         // dL/dh_out = carried dh + dy on active rows; there the carried dh is used up (the
         // GEMM below rebuilds it), on padded rows it passes through unchanged.
@@ -534,19 +523,19 @@ void backward_cell(const BackwardParams<T>& p) {
           }
         }
         pool.barrier();  // dL/dh_out complete
-        step_gemm(B, dho, P, rec_2, false, dh_raw.get() + j0, H, a_pack);
+        step_gemm(B, dho, P, rec_2, false, dh_raw.get() + j0, H);
         st.dh_raw = dh_raw.get();
         st.h_raw = h_raw.get() + t * B * H;
         if (hs > 0) k.backward_projected(st);
         pool.barrier();  // dL/d(pre-activations) complete
-        step_gemm(B, dah_t, GH, rec, true, dh.get() + p0, P, a_pack);
+        step_gemm(B, dah_t, GH, rec, true, dh.get() + p0, P);
       } else {
         st.dy = p.dy + t * B * lddy;
         st.dy_ld = lddy;
         st.dh = dh.get();
         if (hs > 0) k.backward(st);
         pool.barrier();  // dL/d(pre-activations) complete
-        step_gemm(B, dah_t, GH, rec, true, dh.get() + j0, H, a_pack);
+        step_gemm(B, dah_t, GH, rec, true, dh.get() + j0, H);
       }
     }
     // Deferred over all T·B rows, split across the threads: dx by rows, the weight

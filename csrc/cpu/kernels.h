@@ -81,12 +81,11 @@ struct CellKernels {
 };
 
 // C[M, N] = A[M, K]·B, or C += A·B when accumulate, with B packed into column panels of 16
-// (the engine's pack_panels; see cpu/panel_gemm.h). a_pack: scratch of 6·ceil(M/6)·K floats.
+// (the engine's pack_panels; see cpu/panel_gemm.h); A is read in place, row stride lda.
 using PanelGemm = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                           const float* panels, float* C, int64_t ldc, bool accumulate,
-                           float* a_pack);
+                           const float* panels, float* C, int64_t ldc, bool accumulate);
 constexpr int64_t kPanelCols = 16;  // columns per panel
-constexpr int64_t kPanelRows = 6;   // rows of A per packed block
+constexpr int64_t kPanelRows = 6;   // rows of C per micro-kernel tile
 
 // Every cell × dtype, for one instruction set.
 struct KernelTable {
