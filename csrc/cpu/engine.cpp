@@ -6,11 +6,12 @@
 // Layers and directions: forward_stack/backward_stack run the layer-directions in turn, the
 // directions of a layer writing side by side into one buffer, dropout between layers.
 //
-// Forward, per call: the input projection W_ih·x for a chunk of time steps as one GEMM, then
-// per step one recurrent GEMM (two for two-phase cells, plus W_hr for a projection) and one
-// fused pointwise pass. Backward, per step: one pointwise pass and one GEMM for dh; after the
-// loop dx, dW_ih, dW_hh (and dW_hr) are one GEMM each over all T·B rows; the bias gradients
-// are summed step by step.
+// Forward, per step: one product [x_t | h_{t-1}]·[W_ih | W_hh]ᵀ and one fused pointwise pass
+// (LSTM and RNN on the panel GEMM); otherwise (GRU, float64, batches below 4 rows) the input
+// projection W_ih·x of a chunk of time steps as one GEMM, then per step one recurrent GEMM
+// (two for two-phase cells) and the pointwise pass; plus W_hr for a projection. Backward,
+// per step: one pointwise pass and one GEMM for dh; after the loop dx, dW_ih, dW_hh (and
+// dW_hr) are one GEMM each over all T·B rows; the bias gradients are summed step by step.
 // Scratch is allocated once per call, never per step.
 #include "fastrnn/engine.h"
 
@@ -166,12 +167,14 @@ struct PanelSpace {
   T* at(T* base, int64_t n0, int tid) const { return base + (n0 + kPanelCols * tid) * K; }
 };
 
-// b's B into panels of kPanelCols columns: panel q holds B[k][16q + c] at
-// out[(q·K + k)·16 + c], zero past column N.
+// b's B into panels of kPanelCols columns, rows [k0, k0 + b.K) of panels k_total deep (0:
+// b.K): panel q holds B[k][16q + c] at out[(q·k_total + k0 + k)·16 + c], zero past column N.
+// Two operands packed into rows [0, K1) and [K1, K1 + K2) make the panels of [B1; B2].
 template <class T>
-void pack_panels(const StepWeights<T>& b, T* out) {
+void pack_panels(const StepWeights<T>& b, T* out, int64_t k0 = 0, int64_t k_total = 0) {
+  if (k_total == 0) k_total = b.K;
   for (int64_t q = 0; q * kPanelCols < b.N; ++q) {
-    T* panel = out + q * b.K * kPanelCols;
+    T* panel = out + (q * k_total + k0) * kPanelCols;
     for (int64_t c = 0; c < kPanelCols; ++c) {
       const int64_t n = q * kPanelCols + c;
       if (n >= b.N) {
@@ -206,7 +209,7 @@ void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool
                T* C, int64_t ldc) {
   if constexpr (std::is_same_v<T, float>) {
     if (b.panels) {
-      kernels().panel_gemm(M, b.N, b.K, A, lda, b.panels, C, ldc, accumulate);
+      kernels().panel_gemm(M, b.N, {A, lda, b.K}, {}, b.panels, C, ldc, accumulate);
       return;
     }
   }
@@ -215,12 +218,20 @@ void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool
           ldc);
 }
 
+// C[M, N] = [A1 | A2]·B with B in panels K1 + K2 deep (float with panels only).
+template <class T>
+void stacked_step_gemm(int64_t M, int64_t N, const T* A1, int64_t lda1, int64_t K1, const T* A2,
+                       int64_t lda2, int64_t K2, const T* panels, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    kernels().panel_gemm(M, N, {A1, lda1, K1}, {A2, lda2, K2}, panels, C, ldc, false);
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward. One parallel region per call: thread tid owns hidden units [j0, j1) (all G gates
-// of them), packs its rows of W_ih and W_hh once, and per step runs its own GEMMs (input
-// projection per chunk of steps, then the recurrent one) and its own pointwise pass; the
-// threads meet at one barrier per step (two for two-phase cells and projections), after
-// which h_t is complete for everyone.
+// of them), packs its rows of W_ih and W_hh once, and per step runs its own GEMMs (the
+// stacked one, or the input projection per chunk of steps and then the recurrent one) and
+// its own pointwise pass; the threads meet at one barrier per step (two for two-phase cells
+// and projections), after which h_t is complete for everyone.
 // ---------------------------------------------------------------------------------------
 
 // Rows g*H + j0 .. g*H + j1 of a [G*H, K] matrix, packed gate-major into [G*(j1-j0), K].
@@ -263,24 +274,31 @@ void forward_cell(const ForwardParams<T>& p) {
 
   ThreadPool& pool = ThreadPool::instance();
   const int64_t Tc = std::max<int64_t>(projection_chunk(T_, B), 1);
-  // What a thread keeps per hidden unit it owns: its packed rows of W_ih and of W_hh (these
-  // only for BLAS: the panels below read W_hh in place), and its columns of the input and
-  // recurrent projections. Thread buffers start at j0 * per_unit, so one allocation fits any
-  // thread count.
+  // LSTM and RNN with panels take the input projection into the per-step product: one
+  // product [x_t | h_{t-1}]·[W_ih | W_hh]ᵀ per step, K = I + Hout, written straight into the
+  // step's pre-activations (no chunk of projections computed ahead by BLAS, zeroed first by
+  // it, and read back from memory step by step).
   constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
   const bool panels = use_panels<T>(B);
-  const int64_t per_unit = G * (I + (panels ? 0 : Ho)) + Tc * B * G + (kSummed ? 0 : B * G);
+  const bool stacked = kSummed && panels;
+  // What a thread keeps per hidden unit it owns: its packed rows of W_ih and of W_hh (these
+  // only for BLAS: the panels below read W_hh in place), and its columns of the input and
+  // recurrent projections (stacked: of one step). Thread buffers start at j0 * per_unit, so
+  // one allocation fits any thread count.
+  const int64_t per_unit =
+      stacked ? B * G : G * (I + (panels ? 0 : Ho)) + Tc * B * G + (kSummed ? 0 : B * G);
   auto own = scratch<T>(H * per_unit);
   const int max_threads = pool.size();  // the region gets at most this many
   auto actives = scratch<uint8_t>(max_threads * B);
   auto saved_step = scratch<T>(!training && Cell::kResetBeforeMatmul ? B * S * H : 0);
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
   auto h_raw = scratch<T>(projected ? B * H : 0);
-  // The per-step products' weights in panels: W_hh (two-phase cells: its r, z rows, then its
-  // n rows) and W_hr; A (h_{t-1}, r⊙h_{t-1}, h before W_hr) read in place.
+  // The per-step products' weights in panels: W_hh (stacked: [W_ih | W_hh]; two-phase cells:
+  // its r, z rows, then its n rows) and W_hr; A (h_{t-1}, r⊙h_{t-1}, h before W_hr; stacked:
+  // x_t and h_{t-1}) read in place.
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
-  const PanelSpace ps_hh{Ho, kTwoPhase ? 2 * H : GH}, ps_n{H, kTwoPhase ? H : 0},
-      ps_hr{H, projected ? P : 0};
+  const PanelSpace ps_hh{(stacked ? I : 0) + Ho, kTwoPhase ? 2 * H : GH},
+      ps_n{H, kTwoPhase ? H : 0}, ps_hr{H, projected ? P : 0};
   const int64_t n_pan_hh = ps_hh.floats(max_threads), n_pan_n = ps_n.floats(max_threads);
   auto panel_buf = scratch<T>(panels ? n_pan_hh + n_pan_n + ps_hr.floats(max_threads) : 0);
 
@@ -289,8 +307,8 @@ void forward_cell(const ForwardParams<T>& p) {
     split(H, tid, nt, 8, j0, j1);
     if (projected) split(P, tid, nt, 8, p0, p1);
     const int64_t hs = j1 - j0, Gs = G * hs;
-    T* packed_ih = own.get() + j0 * per_unit;  // [G*hs, I]
-    T* packed_hh = packed_ih + Gs * I;         // [G*hs, Ho], without panels
+    T* packed_ih = own.get() + j0 * per_unit;         // [G*hs, I], not stacked
+    T* packed_hh = packed_ih + (stacked ? 0 : Gs * I);  // [G*hs, Ho], without panels
     T* ax = packed_hh + (panels ? 0 : Gs * Ho);  // [Tc*B, G*hs]
     T* ah = kSummed ? nullptr : ax + Tc * B * Gs;  // [B, G*hs]
     uint8_t* active = actives.get() + tid * B;
@@ -298,7 +316,7 @@ void forward_cell(const ForwardParams<T>& p) {
     // the caller's (S5, 1 thread: 2 MB fewer copied per call).
     const bool all_units = j0 == 0 && j1 == H;
     const bool copy_hh = !all_units && !panels;
-    if (!all_units) pack_unit_rows(p.w.w_ih, G, H, I, j0, j1, packed_ih);
+    if (!all_units && !stacked) pack_unit_rows(p.w.w_ih, G, H, I, j0, j1, packed_ih);
     if (copy_hh) pack_unit_rows(p.w.w_hh, G, H, Ho, j0, j1, packed_hh);
     const T* w_ih = all_units ? p.w.w_ih : packed_ih;
     // my rows of W_hh, gate by gate: a block of hs rows every H rows of the caller's matrix,
@@ -306,9 +324,16 @@ void forward_cell(const ForwardParams<T>& p) {
     const T* w_hh = copy_hh ? packed_hh : p.w.w_hh + j0 * Ho;
     const int64_t gate_rows = copy_hh ? hs : H;
     T* pan = panel_buf.get();
-    const StepWeights<T> rec = step_weights(w_hh, Ho, true, Ho, kTwoPhase ? 2 * hs : Gs, B,
-                                            ps_hh.at(pan, (kTwoPhase ? 2 : G) * j0, tid), hs,
-                                            gate_rows);
+    StepWeights<T> rec;
+    if (stacked) {  // my rows of W_ih, then of W_hh, into one set of panels I + Ho deep
+      T* both = ps_hh.at(pan, G * j0, tid);
+      pack_panels(StepWeights<T>{p.w.w_ih + j0 * I, I, true, I, Gs, hs, H}, both, 0, I + Ho);
+      pack_panels(StepWeights<T>{w_hh, Ho, true, Ho, Gs, hs, H}, both, I, I + Ho);
+      rec.panels = both;
+    } else {
+      rec = step_weights(w_hh, Ho, true, Ho, kTwoPhase ? 2 * hs : Gs, B,
+                         ps_hh.at(pan, (kTwoPhase ? 2 : G) * j0, tid), hs, gate_rows);
+    }
     StepWeights<T> rec_n, proj;  // two-phase: the n rows; projection: W_hr's rows [p0, p1)
     if constexpr (kTwoPhase)
       rec_n = step_weights(w_hh + 2 * gate_rows * Ho, Ho, true, H, hs, B,
@@ -320,7 +345,7 @@ void forward_cell(const ForwardParams<T>& p) {
 
     for (int64_t n = 0; n < T_; ++n) {
       const int64_t t = rev ? T_ - 1 - n : n;
-      if (t < lo || t >= hi) {
+      if (!stacked && (t < lo || t >= hi)) {
         lo = rev ? std::max<int64_t>(0, t + 1 - Tc) : t;
         hi = rev ? t + 1 : std::min(T_, t + Tc);
         gemm<T>(false, true, (hi - lo) * B, Gs, I, T(1), p.x + lo * B * ldx, ldx, w_ih, I, T(0),
@@ -335,7 +360,7 @@ void forward_cell(const ForwardParams<T>& p) {
       st.H = H;
       st.j0 = j0;
       st.j1 = j1;
-      st.ax = ax + (t - lo) * B * Gs;
+      st.ax = stacked ? ax : ax + (t - lo) * B * Gs;
       st.ax_ld = Gs;
       st.ax_gs = hs;
       st.ah = ah;
@@ -362,7 +387,9 @@ void forward_cell(const ForwardParams<T>& p) {
         step_gemm(B, rh.get(), H, rec_n, false, ah + 2 * hs, Gs);
         if (hs > 0) k.forward_state(st);
       } else {
-        if constexpr (kSummed)  // W_hh h_{t-1} added to W_ih x_t in place
+        if (stacked)
+          stacked_step_gemm(B, Gs, p.x + t * B * ldx, ldx, I, h_prev, Ho, Ho, rec.panels, ax, Gs);
+        else if constexpr (kSummed)  // W_hh h_{t-1} added to W_ih x_t in place
           step_gemm(B, h_prev, Ho, rec, true, ax + (t - lo) * B * Gs, Gs);
         else
           step_gemm(B, h_prev, Ho, rec, false, ah, Gs);

@@ -80,10 +80,17 @@ struct CellKernels {
   Bwd backward_gates = nullptr;
 };
 
-// C[M, N] = A[M, K]·B, or C += A·B when accumulate, with B packed into column panels of 16
-// (the engine's pack_panels; see cpu/panel_gemm.h); A is read in place, row stride lda.
-using PanelGemm = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                           const float* panels, float* C, int64_t ldc, bool accumulate);
+// One block of columns of A in a panel product: M rows of K floats, row stride lda, read in
+// place.
+struct PanelA {
+  const float* a = nullptr;
+  int64_t lda = 0, K = 0;
+};
+// C[M, N] = [A1 | A2]·B, or C += [A1 | A2]·B when accumulate, with B packed into column
+// panels of 16 that are A1.K + A2.K rows deep (the engine's pack_panels; see
+// cpu/panel_gemm.h). A2.K may be 0 (a product of one A).
+using PanelGemm = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
+                           float* C, int64_t ldc, bool accumulate);
 constexpr int64_t kPanelCols = 16;  // columns per panel
 constexpr int64_t kPanelRows = 6;   // rows of C per micro-kernel tile
 

@@ -34,20 +34,32 @@ namespace panel {
 constexpr int kRows = int(kPanelRows);  // rows of C per tile
 constexpr int kCols = int(kPanelCols);  // columns per panel (two ymm)
 
-// Rows [0, MR) × 16 columns of C from MR rows of A (row stride lda, read in place) and
-// b: [K][16]. Every loop over r is unrolled, so the accumulators live in registers (left
-// rolled, GCC keeps them on the stack and the kernel runs at half speed).
+// Rows [0, MR) × 16 columns of C from MR rows of [A1 | A2] and b: [A1.K + A2.K][16]. Every
+// loop over r is unrolled, so the accumulators live in registers (left rolled, GCC keeps
+// them on the stack and the kernel runs at half speed). Inlined into panel_gemm: as a call,
+// its two PanelA went through the stack on every tile (perf: 5 % of S1 LSTM inference).
 template <int MR>
-inline void tile(int64_t K, const float* __restrict a, int64_t lda, const float* __restrict b,
-                 float* c, int64_t ldc, int ncols, bool accumulate) {
+__attribute__((always_inline)) inline void tile(PanelA a1, PanelA a2,
+                                                const float* __restrict b, float* c,
+                                                int64_t ldc, int ncols, bool accumulate) {
   __m256 lo[MR], hi[MR];
   FASTRNN_UNROLL
   for (int r = 0; r < MR; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0; k < a1.K; ++k) {
     const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
     FASTRNN_UNROLL
     for (int r = 0; r < MR; ++r) {
-      const __m256 av = _mm256_broadcast_ss(a + r * lda + k);
+      const __m256 av = _mm256_broadcast_ss(a1.a + r * a1.lda + k);
+      lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
+      hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+    }
+  }
+  b += kCols * a1.K;
+  for (int64_t k = 0; k < a2.K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
+    FASTRNN_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a2.a + r * a2.lda + k);
       lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
       hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
     }
@@ -76,37 +88,57 @@ inline void tile(int64_t K, const float* __restrict a, int64_t lda, const float*
   }
 }
 
+// Rows [i, i + MR) of C, panel q.
 template <int MR>
-inline void tiles(int64_t q, int64_t N, int64_t K, const float* a, int64_t lda,
-                  const float* panels, float* C, int64_t ldc, bool accumulate) {
-  tile<MR>(K, a, lda, panels + q * K * kCols, C + q * kCols, ldc,
+__attribute__((always_inline)) inline void tiles(int64_t i, int64_t q, int64_t N, PanelA a1,
+                                                 PanelA a2, const float* panels, float* C,
+                                                 int64_t ldc, bool accumulate) {
+  a1.a += i * a1.lda;
+  a2.a += i * a2.lda;
+  tile<MR>(a1, a2, panels + q * (a1.K + a2.K) * kCols, C + i * ldc + q * kCols, ldc,
            int(std::min<int64_t>(kCols, N - q * kCols)), accumulate);
 }
 }  // namespace panel
 
-// C[M, N] = A[M, K]·B (accumulate: C += A·B), B packed in panels. Each panel (16·K floats,
+// C[M, N] = [A1 | A2]·B (accumulate: C += ...), B packed in panels. Each panel (16·K floats,
 // read from memory once) meets every block of 6 rows of A while it stays in L1; A (the
 // batch's state, small) stays in L2 across panels and is read where it lies. Packing A into
 // [K][6] blocks first, as BLAS does, cost more than it saved: every thread packed all of A
 // every step, and a standalone timing of this kernel at the grid's per-step shapes (best of
 // 7 × 200 calls, A in cache as it is here, two runs) had the packing version 7-14 % slower on
 // S1's backward product, 0-8 % on S1's forward and S2, level on S3/S4 (within 2.5 %).
-inline void panel_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                       const float* panels, float* C, int64_t ldc, bool accumulate) {
+inline void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
+                       float* C, int64_t ldc, bool accumulate) {
   using namespace panel;
-  const int64_t full = M / kRows * kRows;
-  const int rest = int(M - full);
-  const float* A_rest = A + full * lda;
+  // Rows in blocks of 6; the last 7-9 rows as two blocks of 3-5 (a tile needs 8 independent
+  // FMA chains, 4 rows, to keep both FMA pipes busy: 1-2 rows run at half speed or less).
+  int64_t full = M / kRows * kRows;
+  int rest = int(M - full);
+  if (rest > 0 && rest < 4 && full > 0) {
+    full -= kRows;
+    rest += kRows;
+  }
   for (int64_t q = 0; q * kCols < N; ++q) {
     for (int64_t i = 0; i < full; i += kRows)
-      tiles<kRows>(q, N, K, A + i * lda, lda, panels, C + i * ldc, ldc, accumulate);
-    float* c = C + full * ldc;
+      tiles<kRows>(i, q, N, A1, A2, panels, C, ldc, accumulate);
     switch (rest) {
-      case 1: tiles<1>(q, N, K, A_rest, lda, panels, c, ldc, accumulate); break;
-      case 2: tiles<2>(q, N, K, A_rest, lda, panels, c, ldc, accumulate); break;
-      case 3: tiles<3>(q, N, K, A_rest, lda, panels, c, ldc, accumulate); break;
-      case 4: tiles<4>(q, N, K, A_rest, lda, panels, c, ldc, accumulate); break;
-      case 5: tiles<5>(q, N, K, A_rest, lda, panels, c, ldc, accumulate); break;
+      case 1: tiles<1>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
+      case 2: tiles<2>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
+      case 3: tiles<3>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
+      case 4: tiles<4>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
+      case 5: tiles<5>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
+      case 7:
+        tiles<4>(full, q, N, A1, A2, panels, C, ldc, accumulate);
+        tiles<3>(full + 4, q, N, A1, A2, panels, C, ldc, accumulate);
+        break;
+      case 8:
+        tiles<4>(full, q, N, A1, A2, panels, C, ldc, accumulate);
+        tiles<4>(full + 4, q, N, A1, A2, panels, C, ldc, accumulate);
+        break;
+      case 9:
+        tiles<5>(full, q, N, A1, A2, panels, C, ldc, accumulate);
+        tiles<4>(full + 5, q, N, A1, A2, panels, C, ldc, accumulate);
+        break;
       default: break;
     }
   }
