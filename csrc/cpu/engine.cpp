@@ -7,9 +7,10 @@
 // directions of a layer writing side by side into one buffer, dropout between layers.
 //
 // Forward, per step: one product [x_t | h_{t-1}]·[W_ih | W_hh]ᵀ and one fused pointwise pass
-// (LSTM and RNN on the panel GEMM); otherwise (GRU, float64, batches below 4 rows) the input
-// projection W_ih·x of a chunk of time steps as one GEMM, then per step one recurrent GEMM
-// (two for two-phase cells) and the pointwise pass; plus W_hr for a projection. Backward,
+// (one-phase cells on the panel GEMM; GRU's n rows as two products); otherwise (two-phase
+// GRU, float64, batches below 4 rows) the input projection W_ih·x of a chunk of time steps
+// as one GEMM, then per step one recurrent GEMM (two for two-phase cells) and the pointwise
+// pass; plus W_hr for a projection. Backward,
 // per step: one pointwise pass and one GEMM for dh; after the loop dx, dW_ih, dW_hh (and
 // dW_hr) are one GEMM each over all T·B rows; the bias gradients are summed step by step.
 // Scratch is allocated once per call, never per step.
@@ -274,33 +275,40 @@ void forward_cell(const ForwardParams<T>& p) {
 
   ThreadPool& pool = ThreadPool::instance();
   const int64_t Tc = std::max<int64_t>(projection_chunk(T_, B), 1);
-  // LSTM and RNN with panels take the input projection into the per-step product: one
+  // With panels, one-phase cells take the input projection into the per-step product: one
   // product [x_t | h_{t-1}]·[W_ih | W_hh]ᵀ per step, K = I + Hout, written straight into the
   // step's pre-activations (no chunk of projections computed ahead by BLAS, zeroed first by
-  // it, and read back from memory step by step).
+  // it, and read back from memory step by step). GRU stacks its r and z rows so; its n rows
+  // need W_in x_t and W_hn h_{t-1} apart (n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn))), two
+  // products, with ah's r and z columns left at 0.
   constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
+  constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
   const bool panels = use_panels<T>(B);
-  const bool stacked = kSummed && panels;
+  const bool stacked = !kTwoPhase && panels;
+  const bool n_apart = stacked && !kSummed;  // GRU
   // What a thread keeps per hidden unit it owns: its packed rows of W_ih and of W_hh (these
   // only for BLAS: the panels below read W_hh in place), and its columns of the input and
   // recurrent projections (stacked: of one step). Thread buffers start at j0 * per_unit, so
   // one allocation fits any thread count.
   const int64_t per_unit =
-      stacked ? B * G : G * (I + (panels ? 0 : Ho)) + Tc * B * G + (kSummed ? 0 : B * G);
+      stacked ? B * G * (kSummed ? 1 : 2)
+              : G * (I + (panels ? 0 : Ho)) + Tc * B * G + (kSummed ? 0 : B * G);
   auto own = scratch<T>(H * per_unit);
   const int max_threads = pool.size();  // the region gets at most this many
   auto actives = scratch<uint8_t>(max_threads * B);
   auto saved_step = scratch<T>(!training && Cell::kResetBeforeMatmul ? B * S * H : 0);
   auto rh = scratch<T>(Cell::kResetBeforeMatmul ? B * H : 0);
   auto h_raw = scratch<T>(projected ? B * H : 0);
-  // The per-step products' weights in panels: W_hh (stacked: [W_ih | W_hh]; two-phase cells:
-  // its r, z rows, then its n rows) and W_hr; A (h_{t-1}, r⊙h_{t-1}, h before W_hr; stacked:
-  // x_t and h_{t-1}) read in place.
-  constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
-  const PanelSpace ps_hh{(stacked ? I : 0) + Ho, kTwoPhase ? 2 * H : GH},
-      ps_n{H, kTwoPhase ? H : 0}, ps_hr{H, projected ? P : 0};
-  const int64_t n_pan_hh = ps_hh.floats(max_threads), n_pan_n = ps_n.floats(max_threads);
-  auto panel_buf = scratch<T>(panels ? n_pan_hh + n_pan_n + ps_hr.floats(max_threads) : 0);
+  // The per-step products' weights in panels: W_hh (stacked: [W_ih | W_hh]; two-phase cells
+  // and GRU: its r, z rows, then its n rows, and GRU's W_in apart) and W_hr; A (h_{t-1},
+  // r⊙h_{t-1}, h before W_hr; stacked: x_t and h_{t-1}) read in place.
+  const bool two_parts = kTwoPhase || n_apart;  // the n rows apart
+  const PanelSpace ps_hh{(stacked ? I : 0) + Ho, two_parts ? 2 * H : GH},
+      ps_n{H, two_parts ? H : 0}, ps_in{I, n_apart ? H : 0}, ps_hr{H, projected ? P : 0};
+  const int64_t n_pan_hh = ps_hh.floats(max_threads), n_pan_n = ps_n.floats(max_threads),
+                n_pan_in = ps_in.floats(max_threads);
+  auto panel_buf =
+      scratch<T>(panels ? n_pan_hh + n_pan_n + n_pan_in + ps_hr.floats(max_threads) : 0);
 
   pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
@@ -309,8 +317,8 @@ void forward_cell(const ForwardParams<T>& p) {
     const int64_t hs = j1 - j0, Gs = G * hs;
     T* packed_ih = own.get() + j0 * per_unit;         // [G*hs, I], not stacked
     T* packed_hh = packed_ih + (stacked ? 0 : Gs * I);  // [G*hs, Ho], without panels
-    T* ax = packed_hh + (panels ? 0 : Gs * Ho);  // [Tc*B, G*hs]
-    T* ah = kSummed ? nullptr : ax + Tc * B * Gs;  // [B, G*hs]
+    T* ax = packed_hh + (panels ? 0 : Gs * Ho);  // [Tc*B, G*hs] (stacked: [B, G*hs])
+    T* ah = kSummed ? nullptr : ax + (stacked ? 1 : Tc) * B * Gs;  // [B, G*hs]
     uint8_t* active = actives.get() + tid * B;
     // A thread that owns every unit would pack the matrices into their own layout: it reads
     // the caller's (S5, 1 thread: 2 MB fewer copied per call).
@@ -324,23 +332,33 @@ void forward_cell(const ForwardParams<T>& p) {
     const T* w_hh = copy_hh ? packed_hh : p.w.w_hh + j0 * Ho;
     const int64_t gate_rows = copy_hh ? hs : H;
     T* pan = panel_buf.get();
+    const int64_t n_stacked = two_parts ? 2 * hs : Gs;  // my columns of rec
     StepWeights<T> rec;
     if (stacked) {  // my rows of W_ih, then of W_hh, into one set of panels I + Ho deep
-      T* both = ps_hh.at(pan, G * j0, tid);
-      pack_panels(StepWeights<T>{p.w.w_ih + j0 * I, I, true, I, Gs, hs, H}, both, 0, I + Ho);
-      pack_panels(StepWeights<T>{w_hh, Ho, true, Ho, Gs, hs, H}, both, I, I + Ho);
+      T* both = ps_hh.at(pan, (two_parts ? 2 : G) * j0, tid);
+      pack_panels(StepWeights<T>{p.w.w_ih + j0 * I, I, true, I, n_stacked, hs, H}, both, 0,
+                  I + Ho);
+      pack_panels(StepWeights<T>{w_hh, Ho, true, Ho, n_stacked, hs, H}, both, I, I + Ho);
       rec.panels = both;
     } else {
-      rec = step_weights(w_hh, Ho, true, Ho, kTwoPhase ? 2 * hs : Gs, B,
-                         ps_hh.at(pan, (kTwoPhase ? 2 : G) * j0, tid), hs, gate_rows);
+      rec = step_weights(w_hh, Ho, true, Ho, n_stacked, B,
+                         ps_hh.at(pan, (two_parts ? 2 : G) * j0, tid), hs, gate_rows);
     }
-    StepWeights<T> rec_n, proj;  // two-phase: the n rows; projection: W_hr's rows [p0, p1)
-    if constexpr (kTwoPhase)
+    // two-phase cells and GRU: W_hn's rows [j0, j1), and GRU's W_in; projection: W_hr's
+    // rows [p0, p1)
+    StepWeights<T> rec_n, in_n, proj;
+    if (two_parts)
       rec_n = step_weights(w_hh + 2 * gate_rows * Ho, Ho, true, H, hs, B,
                            ps_n.at(pan + n_pan_hh, j0, tid));
+    if (n_apart) {
+      in_n = step_weights(p.w.w_ih + (2 * H + j0) * I, I, true, I, hs, B,
+                          ps_in.at(pan + n_pan_hh + n_pan_n, j0, tid));
+      for (int64_t b = 0; b < B; ++b)  // ah's r and z columns: no product writes them
+        std::fill_n(ah + b * Gs, 2 * hs, T(0));
+    }
     if (projected)
       proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0, B,
-                          ps_hr.at(pan + n_pan_hh + n_pan_n, p0, tid));
+                          ps_hr.at(pan + n_pan_hh + n_pan_n + n_pan_in, p0, tid));
     int64_t lo = 0, hi = 0;  // time steps [lo, hi) currently projected in ax
 
     for (int64_t n = 0; n < T_; ++n) {
@@ -387,9 +405,14 @@ void forward_cell(const ForwardParams<T>& p) {
         step_gemm(B, rh.get(), H, rec_n, false, ah + 2 * hs, Gs);
         if (hs > 0) k.forward_state(st);
       } else {
-        if (stacked)
-          stacked_step_gemm(B, Gs, p.x + t * B * ldx, ldx, I, h_prev, Ho, Ho, rec.panels, ax, Gs);
-        else if constexpr (kSummed)  // W_hh h_{t-1} added to W_ih x_t in place
+        if (stacked) {
+          const T* x_t = p.x + t * B * ldx;
+          stacked_step_gemm(B, n_stacked, x_t, ldx, I, h_prev, Ho, Ho, rec.panels, ax, Gs);
+          if (n_apart) {
+            step_gemm(B, x_t, ldx, in_n, false, ax + 2 * hs, Gs);
+            step_gemm(B, h_prev, Ho, rec_n, false, ah + 2 * hs, Gs);
+          }
+        } else if constexpr (kSummed)  // W_hh h_{t-1} added to W_ih x_t in place
           step_gemm(B, h_prev, Ho, rec, true, ax + (t - lo) * B * Gs, Gs);
         else
           step_gemm(B, h_prev, Ho, rec, false, ah, Gs);
