@@ -312,7 +312,10 @@ void forward_cell(const ForwardParams<T>& p) {
 
   pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
-    split(H, tid, nt, 8, j0, j1);
+    // units in blocks of 8 (one vector of the pointwise pass); LSTM's stacked product in
+    // blocks of 4, one panel of its four gates, so that no thread gets a panel more than
+    // the other (S2, H = 200 on two threads: 100 + 100 units, 25 panels each, not 26 + 24)
+    split(H, tid, nt, stacked && G == 4 ? 4 : 8, j0, j1);
     if (projected) split(P, tid, nt, 8, p0, p1);
     const int64_t hs = j1 - j0, Gs = G * hs;
     T* packed_ih = own.get() + j0 * per_unit;         // [G*hs, I], not stacked
