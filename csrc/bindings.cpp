@@ -173,10 +173,8 @@ py::tuple backward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H
   std::optional<Arr<T>> dc0;
   if (c.has_c) dc0 = Arr<T>({LD, s.B, s.H});
   std::vector<Arr<T>> dflat;  // same order and shapes as `weights`
-  for (const auto& a : weights) {
-    std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
-    dflat.emplace_back(shape);
-  }
+  for (const auto& a : weights)
+    dflat.push_back(new_array<T>(std::vector<int64_t>(a.shape(), a.shape() + a.ndim())));
   auto dw_views = split_weights(dflat, bias, s, c.G, L, D);  // pointers into dflat
   std::vector<RnnWeightGrads<T>> dw(dw_views.size());
   for (size_t k = 0; k < dw.size(); ++k)

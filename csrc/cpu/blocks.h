@@ -8,9 +8,11 @@
 // their size (and at least half of it), up to kMaxCachedBytes in all, the oldest given back
 // first; from kHugeBlockBytes on they are 2 MiB-aligned and advised to use transparent huge
 // pages, as NumPy does for its arrays (a fresh S3 LSTM training call took ~11,900 faults of
-// 4 KiB, 450 with huge pages). Smaller blocks are plain malloc. The floor is below S1's y
-// (1.8 MiB): left to glibc, y and the next call's blocks were trimmed from the heap top and
-// faulted in again every call (getrusage: 1,650 faults a call; 0 with y kept here too).
+// 4 KiB, 450 with huge pages). Smaller blocks are plain malloc. The floor is twice glibc's
+// first mmap threshold: left to glibc, blocks of that size were trimmed from the heap top
+// (or unmapped) and faulted in again every call, S1's y (1.8 MiB) and the next call's blocks
+// (getrusage: 1,650 faults a call; 0 with y kept here too), and with a floor of 1 MiB still
+// S2 LSTM's weight gradients, dx and panels (0.5-0.75 MiB: 600 faults a call; 0 now).
 // What it bought under `python -m fastrnn bench` is in benchmarks/README.md (S1 LSTM training
 // 33.6 / 35.9 -> 29.3 / 27.1 ms in two rounds, with the activations change).
 #pragma once
@@ -19,7 +21,7 @@
 
 namespace fastrnn::cpu {
 
-constexpr size_t kMinCachedBytes = size_t(1) << 20;
+constexpr size_t kMinCachedBytes = size_t(256) << 10;
 constexpr size_t kHugeBlockBytes = size_t(4) << 20;
 constexpr size_t kMaxCachedBytes = size_t(128) << 20;
 

@@ -60,7 +60,7 @@ template <class E>
 using Scratch = std::unique_ptr<E[], FreeBlock>;
 
 // Uninitialised scratch of n elements (n may be 0); std::bad_alloc when it cannot be had.
-// Blocks of 1 MiB and more come from cpu/blocks.h, kept between calls.
+// Blocks of 256 KiB and more come from cpu/blocks.h, kept between calls.
 template <class E>
 Scratch<E> scratch(int64_t n) {
   const uint64_t count = static_cast<uint64_t>(std::max<int64_t>(n, 1));
