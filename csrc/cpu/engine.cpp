@@ -10,9 +10,9 @@
 // (one-phase cells on the panel GEMM; GRU's n rows as two products); otherwise (two-phase
 // GRU, float64, batches below 4 rows) the input projection W_ih·x of a chunk of time steps
 // as one GEMM, then per step one recurrent GEMM (two for two-phase cells) and the pointwise
-// pass; plus W_hr for a projection. Backward,
-// per step: one pointwise pass and one GEMM for dh; after the loop dx, dW_ih, dW_hh (and
-// dW_hr) are one GEMM each over all T·B rows; the bias gradients are summed step by step.
+// pass; plus W_hr for a projection. Backward, per step: one pointwise pass and one GEMM for
+// dh; after the loop dx, dW_ih, dW_hh (and dW_hr) are one GEMM each over all T·B rows; the
+// bias gradients are summed step by step.
 // Scratch is allocated once per call, never per step.
 #include "fastrnn/engine.h"
 
@@ -145,7 +145,8 @@ bool use_panels(int64_t rows) {
 // column n of B is row (n / block)·block_stride + n mod block of w. The blocks are a thread's
 // units gate by gate: block = its units, block_stride = H read in place from the caller's
 // weights, block_stride = block from a copy that packs them together (the only form BLAS
-// reads; block = N for plain rows). panels: the same B packed, when it is.
+// reads; block = N for plain rows). panels: the same B packed, when it is. k_x > 0: stacked
+// weights (always in panels): the panels start with k_x rows of W_ih, for x_t's columns.
 template <class T>
 struct StepWeights {
   const T* w = nullptr;
@@ -154,6 +155,7 @@ struct StepWeights {
   int64_t K = 0, N = 0;
   int64_t block = 0, block_stride = 0;
   const T* panels = nullptr;
+  int64_t k_x = 0;
 };
 
 // Where the panels of one operand go, for every thread at once: thread tid's share of the
@@ -204,27 +206,32 @@ StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int6
   return s;
 }
 
-// C[M, N] = A·B (accumulate: C += A·B).
+// The stacked operand of a thread's per-step product [x_t | h_{t-1}]·[W_ih | W_hh]ᵀ: N
+// columns (its `block` units gate by gate, every H rows of both matrices) packed into one
+// set of panels I + Ho deep. Only where use_panels holds: BLAS has no stacked form.
+template <class T>
+StepWeights<T> stacked_step_weights(const T* w_ih, int64_t I, const T* w_hh, int64_t Ho,
+                                    int64_t N, int64_t block, int64_t H, T* panels) {
+  pack_panels(StepWeights<T>{w_ih, I, true, I, N, block, H}, panels, 0, I + Ho);
+  StepWeights<T> s{w_hh, Ho, true, Ho, N, block, H, panels, I};
+  pack_panels(s, panels, I, I + Ho);
+  return s;
+}
+
+// C[M, N] = A·B (accumulate: C += A·B); stacked weights (b.k_x > 0): C = [X | A]·B, X's
+// b.k_x columns (row stride ldx) first.
 template <class T>
 void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool accumulate,
-               T* C, int64_t ldc) {
+               T* C, int64_t ldc, const T* X = nullptr, int64_t ldx = 0) {
   if constexpr (std::is_same_v<T, float>) {
     if (b.panels) {
-      kernels().panel_gemm(M, b.N, {A, lda, b.K}, {}, b.panels, C, ldc, accumulate);
+      kernels().panel_gemm(M, b.N, {X, ldx, b.k_x}, {A, lda, b.K}, b.panels, C, ldc, accumulate);
       return;
     }
   }
   // BLAS reads B as one matrix: packed operands' blocks are contiguous (block_stride == block)
   gemm<T>(false, b.trans, M, b.N, b.K, T(1), A, lda, b.w, b.ldw, accumulate ? T(1) : T(0), C,
           ldc);
-}
-
-// C[M, N] = [A1 | A2]·B with B in panels K1 + K2 deep (float with panels only).
-template <class T>
-void stacked_step_gemm(int64_t M, int64_t N, const T* A1, int64_t lda1, int64_t K1, const T* A2,
-                       int64_t lda2, int64_t K2, const T* panels, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>)
-    kernels().panel_gemm(M, N, {A1, lda1, K1}, {A2, lda2, K2}, panels, C, ldc, false);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -312,10 +319,13 @@ void forward_cell(const ForwardParams<T>& p) {
 
   pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
-    // units in blocks of 8 (one vector of the pointwise pass); LSTM's stacked product in
-    // blocks of 4, one panel of its four gates, so that no thread gets a panel more than
-    // the other (S2, H = 200 on two threads: 100 + 100 units, 25 panels each, not 26 + 24)
-    split(H, tid, nt, stacked && G == 4 ? 4 : 8, j0, j1);
+    // units in blocks of 8 (one vector of the pointwise pass), or of fewer where that many
+    // fill whole panels of a stacked product (LSTM: 4 units, 16 columns), so that no thread
+    // gets a panel more than the other (S2, H = 200 on two threads: 100 + 100 units, 25
+    // panels each, not 104 + 96 and 26 + 24)
+    const int64_t unit_block =
+        stacked && kPanelCols % G == 0 ? std::min<int64_t>(kPanelCols / G, 8) : 8;
+    split(H, tid, nt, unit_block, j0, j1);
     if (projected) split(P, tid, nt, 8, p0, p1);
     const int64_t hs = j1 - j0, Gs = G * hs;
     T* packed_ih = own.get() + j0 * per_unit;         // [G*hs, I], not stacked
@@ -336,17 +346,10 @@ void forward_cell(const ForwardParams<T>& p) {
     const int64_t gate_rows = copy_hh ? hs : H;
     T* pan = panel_buf.get();
     const int64_t n_stacked = two_parts ? 2 * hs : Gs;  // my columns of rec
-    StepWeights<T> rec;
-    if (stacked) {  // my rows of W_ih, then of W_hh, into one set of panels I + Ho deep
-      T* both = ps_hh.at(pan, (two_parts ? 2 : G) * j0, tid);
-      pack_panels(StepWeights<T>{p.w.w_ih + j0 * I, I, true, I, n_stacked, hs, H}, both, 0,
-                  I + Ho);
-      pack_panels(StepWeights<T>{w_hh, Ho, true, Ho, n_stacked, hs, H}, both, I, I + Ho);
-      rec.panels = both;
-    } else {
-      rec = step_weights(w_hh, Ho, true, Ho, n_stacked, B,
-                         ps_hh.at(pan, (two_parts ? 2 : G) * j0, tid), hs, gate_rows);
-    }
+    T* rec_panels = ps_hh.at(pan, (two_parts ? 2 : G) * j0, tid);
+    const StepWeights<T> rec =
+        stacked ? stacked_step_weights(p.w.w_ih + j0 * I, I, w_hh, Ho, n_stacked, hs, H, rec_panels)
+                : step_weights(w_hh, Ho, true, Ho, n_stacked, B, rec_panels, hs, gate_rows);
     // two-phase cells and GRU: W_hn's rows [j0, j1), and GRU's W_in; projection: W_hr's
     // rows [p0, p1)
     StepWeights<T> rec_n, in_n, proj;
@@ -410,7 +413,7 @@ void forward_cell(const ForwardParams<T>& p) {
       } else {
         if (stacked) {
           const T* x_t = p.x + t * B * ldx;
-          stacked_step_gemm(B, n_stacked, x_t, ldx, I, h_prev, Ho, Ho, rec.panels, ax, Gs);
+          step_gemm(B, h_prev, Ho, rec, false, ax, Gs, x_t, ldx);
           if (n_apart) {
             step_gemm(B, x_t, ldx, in_n, false, ax + 2 * hs, Gs);
             step_gemm(B, h_prev, Ho, rec_n, false, ah + 2 * hs, Gs);
