@@ -103,10 +103,9 @@ __attribute__((always_inline)) inline void tiles(int64_t i, int64_t q, int64_t N
 // C[M, N] = [A1 | A2]·B (accumulate: C += ...), B packed in panels. Each panel (16·K floats,
 // read from memory once) meets every block of 6 rows of A while it stays in L1; A (the
 // batch's state, small) stays in L2 across panels and is read where it lies. Packing A into
-// [K][6] blocks first, as BLAS does, cost more than it saved: every thread packed all of A
-// every step, and a standalone timing of this kernel at the grid's per-step shapes (best of
-// 7 × 200 calls, A in cache as it is here, two runs) had the packing version 7-14 % slower on
-// S1's backward product, 0-8 % on S1's forward and S2, level on S3/S4 (within 2.5 %).
+// [K][6] blocks first, as BLAS does, is not done: every thread packed all of A every step
+// (`perf`: 3-5.5 % of S1/S2 LSTM training) to save little, A being in cache already. What
+// the per-step changes bought under `python -m fastrnn bench` is in benchmarks/README.md.
 inline void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
                        float* C, int64_t ldc, bool accumulate) {
   using namespace panel;
