@@ -5,7 +5,7 @@
 // float: exp and tanh are branch-free polynomial evaluations (Cephes-style range reduction)
 // so that the compiler vectorises the pointwise loops that call them; measured against
 // float64 over [-100, 100] (step 1e-4) their relative error is at most 1.8e-7 (exp 8e-8,
-// tanh 1.3e-7, sigmoid 1.8e-7) and they are within 2 ulps of the nearest float everywhere,
+// tanh 1.5e-7, sigmoid 1.8e-7) and they are within 2 ulps of the nearest float everywhere,
 // σ near 1 and subnormal results included (tests/test_engine.py), NaN propagates
 // (NaN in gives NaN out), ±inf saturate to the limits, and huge arguments do not trap or
 // warn. double: the C library's exp/tanh (the double path is for checking, not for speed).
@@ -38,16 +38,17 @@ FASTRNN_HD std::uint32_t float_to_bits(float f) {
 #endif
 }
 
-// exp(x) = 2^k · exp(r), k = round(x / ln 2), r = x − k·ln 2 ∈ [−ln2/2, ln2/2]: returns
-// exp(r), by a degree-6 polynomial, and k as the low bits of the rounding sum (k mod 2^32).
-// k is rounded by adding 1.5·2^23 (exact for |x / ln 2| < 2^22) and read from that sum's
-// bits, with no float-to-integer conversion: a NaN x gives a NaN exp(r), whatever k holds,
+// exp(x) = 2^k · (1 + q), k = round(x / ln 2), r = x − k·ln 2 ∈ [−ln2/2, ln2/2], q = expm1(r)
+// = r + r²·P(r) by a degree-5 P (no 1 + ... inside, so q keeps its relative accuracy near 0:
+// tanh's small arguments need it). k comes back as the low bits of the rounding sum (k mod
+// 2^32): it is rounded by adding 1.5·2^23 (exact for |x / ln 2| < 2^22) and read from that
+// sum's bits, with no float-to-integer conversion: a NaN x gives a NaN q, whatever k holds,
 // so NaN needs no case of its own (and no conversion of NaN, undefined in C++).
 struct ExpParts {
-  float p;
+  float q;
   std::uint32_t k;
 };
-FASTRNN_HD ExpParts exp_parts(float x) {
+FASTRNN_HD ExpParts expm1_parts(float x) {
   constexpr float kShift = 12582912.0f;           // 1.5 · 2^23
   constexpr std::uint32_t kShiftBits = 0x4B400000u;
   const float sum = x * 1.44269504088896341f + kShift;
@@ -60,24 +61,15 @@ FASTRNN_HD ExpParts exp_parts(float x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  return {p, float_to_bits(sum) - kShiftBits};
+  return {p * (r * r) + r, float_to_bits(sum) - kShiftBits};
 }
 
 // exp(x) for x <= 0 (or NaN), subnormal results included: x is clamped at −104 (below, the
-// result rounds to 0), k ∈ [−150, 0] and 2^k is applied as two factors 2^k1 · 2^(k − k1),
-// each a normal float, so the last product rounds once into the subnormals. Built from
-// exponent bits in unsigned arithmetic: k1 + 127 = e1 − 1 with e1 = (k + 256) / 2.
+// result rounds to 0), so k ∈ [−150, 0]; (1 + q)·2^(k+64) is a normal float, exact, and the
+// product with 2^−64 rounds once, into the subnormals where the result lies there. NaN: q is.
 FASTRNN_HD float exp_nonpositive(float x) {
-  const ExpParts e = exp_parts(x < -104.0f ? -104.0f : x);  // NaN passes the comparison
-  const std::uint32_t e1 = (e.k + 256u) >> 1;
-  return e.p * bits_to_float((e1 - 1u) << 23) * bits_to_float((e.k - e1 + 255u) << 23);
-}
-
-// exp(x) for 0 <= x <= 20 (or NaN): k ∈ [0, 29], one factor.
-FASTRNN_HD float exp_small(float x) {
-  const ExpParts e = exp_parts(x);
-  return e.p * bits_to_float((e.k + 127u) << 23);
+  const ExpParts e = expm1_parts(x < -104.0f ? -104.0f : x);  // NaN passes the comparison
+  return (e.q + 1.0f) * bits_to_float((e.k + 191u) << 23) * 0x1p-64f;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -100,21 +92,20 @@ FASTRNN_HD double sigmoid(double x) {
   return x < 0.0 ? s : 1.0 - s;
 }
 
-// tanh: for |x| < 0.625 the odd polynomial x + x³·P(x²) (no cancellation near 0); else
-// 1 − 2/(e^{2|x|} + 1) with the sign of x, 2|x| capped at 19 (beyond, both are 1 in float:
-// 2/(e^19 + 1) < 2^-26). Both are evaluated and one is selected; NaN passes the cap.
+// tanh(|x|) = m/(m + 2) = 1 − 2/(m + 2), m = expm1(2|x|) = 2^k·q + (2^k − 1) (both terms
+// exact for the k that matter; 2|x| capped at 19, beyond which tanh is 1 in float): one exp
+// and one division, the form picked by the numerator. Below |x| = 0.625 the quotient
+// m/(m + 2) (no cancellation: m is accurate near 0), above it 1 − 2/(m + 2) (near 1, the
+// small 2/(m + 2) carries the error). Then the sign of x; NaN passes the cap and gives NaN.
 FASTRNN_HD float tanh_act(float x) {
   const float ax = std::fabs(x);
-  const float s = x * x;
-  float p = -5.70498872745e-3f;
-  p = p * s + 2.06390887954e-2f;
-  p = p * s - 5.37397155531e-2f;
-  p = p * s + 1.33314422036e-1f;
-  p = p * s - 3.33332819422e-1f;
-  const float small = x + x * s * p;
   const float v = 2.0f * ax;
-  const float large = std::copysign(1.0f - 2.0f / (exp_small(v > 19.0f ? 19.0f : v) + 1.0f), x);
-  return ax < 0.625f ? small : large;
+  const ExpParts e = expm1_parts(v > 19.0f ? 19.0f : v);
+  const float scale = bits_to_float((e.k + 127u) << 23);  // 2^k, k ∈ [0, 28]
+  const float m = scale * e.q + (scale - 1.0f);
+  const bool small = ax < 0.625f;
+  const float u = (small ? m : 2.0f) / (m + 2.0f);
+  return std::copysign(small ? u : 1.0f - u, x);
 }
 FASTRNN_HD double tanh_act(double x) { return std::tanh(x); }
 
