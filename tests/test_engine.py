@@ -177,6 +177,21 @@ def test_float32_step_products_every_batch_and_thread_split(B, threads, restore_
         check_float32(cell, kw, problem, lens, L=2, D=2, what=f"{cell} {kw} ")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float32_wide_layers(threads, restore_threads):
+    """Widths past the blocking of the fast paths: H = 141 gives a thread more than the 128
+    units of one LSTM forward block (the two-pass pointwise loop runs a second, partial
+    block), and the per-step products more panels than one 128 KiB group holds (forward
+    K = I + H = 154 over 4H = 564 columns, backward K = 4H over H: three groups or more), so
+    the grouped panel loop starts later groups and ends on a partial one."""
+    fastrnn.set_num_threads(threads)
+    T, B, I, H = 3, 10, 13, 141
+    lens = np.array([3, 1, 2, 3, 0, 3, 2, 3, 1, 3])
+    for cell, kw in VARIANTS:
+        problem = make_problem(cell, kw, T, B, I, H, seed=H)
+        check_float32(cell, kw, problem, lens, L=1, D=1, what=f"{cell} {kw} ")
+
+
 # ----------------------------------------------------------------------------------------------
 # The float32 activations, read through the engine (so the instruction set it picked is the
 # one tested): a 1-unit RNN with w_ih = 1 and h0 = 0 outputs tanh(x); a 1-unit GRU whose x

@@ -11,8 +11,10 @@
 // Every pass covers the hidden units [j0, j1) of the step struct: one thread's share.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/kernels.h"
 
@@ -81,6 +83,70 @@ inline void forward_row(int64_t n, const T* __restrict ax, int64_t ax_gs, const 
   }
 }
 
+// Cells with kTwoPassForward (LSTM): per block of units, one loop per gate that only
+// activates it, then one loop for the state. In one loop with all five activations of a
+// unit, each iteration's work (~200 vector instructions, two exp-and-divide chains deep)
+// leaves the out-of-order window too few independent iterations; apart, the loops run at the
+// speed of their activations. S1's LSTM pass (B = 128, H = 128, in an isolated timing of the
+// pass alone): 4.2 → 3.8 ns per unit and row in inference, 4.5 → 3.9 in training.
+template <class Cell, class = void>
+inline constexpr bool kTwoPass = false;
+template <class Cell>
+inline constexpr bool kTwoPass<Cell, std::void_t<decltype(Cell::kTwoPassForward)>> =
+    Cell::kTwoPassForward;
+
+template <class Cell, class T, int Gate, bool kSummed>
+inline void gate_pass(int64_t m, const T* __restrict ax, const T* __restrict ah,
+                      const T* __restrict bi, const T* __restrict bh, T* __restrict out) {
+  for (int64_t j = 0; j < m; ++j) {
+    const T a_x = ax[j] + bi[j];
+    const T a_h = kSummed ? bh[j] : ah[j] + bh[j];
+    out[j] = Cell::template activate<Gate>(a_x + a_h);
+  }
+}
+
+template <class Cell, class T, bool kWriteY>
+inline void state_pass(int64_t m, const T* __restrict a0, const T* __restrict a1,
+                       const T* __restrict a2, const T* __restrict a3, const T* __restrict cp,
+                       T* __restrict h, T* __restrict c, T* __restrict y) {
+  for (int64_t j = 0; j < m; ++j) {
+    const T act[4] = {a0[j], a1[j], a2[j], a3[j]};
+    T hn, cn;
+    Cell::update(act, cp[j], hn, cn);
+    h[j] = hn;
+    c[j] = cn;
+    if constexpr (kWriteY) y[j] = hn;
+  }
+}
+
+// forward_row's contract, two-pass: the activations go to saved when training, else to a
+// block on the stack.
+template <class Cell, class T, bool kTraining, bool kWriteY>
+inline void forward_row_two_pass(int64_t n, const T* ax, int64_t ax_gs, const T* ah,
+                                 int64_t ah_gs, const T* bi, const T* bh, int64_t b_gs,
+                                 const T* /*hp*/, const T* cp, T* h, T* c, T* y, T* sv,
+                                 int64_t sv_gs) {
+  static_assert(Cell::kGates == 4 && Cell::kSaved == 4 && Cell::kHasCellState);
+  constexpr bool kSummed = kSumsPreactivations<Cell>;
+  constexpr int64_t kBlock = 128;
+  alignas(32) T block[kTraining ? 1 : 4][kBlock];
+  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - j0);
+    T* act[4];
+    for (int g = 0; g < 4; ++g) {
+      if constexpr (kTraining) act[g] = sv + g * sv_gs + j0;
+      else act[g] = block[g];
+    }
+    auto at = [&](const T* p, int64_t gs, int g) { return p ? p + g * gs + j0 : nullptr; };
+    gate_pass<Cell, T, 0, kSummed>(m, at(ax, ax_gs, 0), at(ah, ah_gs, 0), at(bi, b_gs, 0), at(bh, b_gs, 0), act[0]);
+    gate_pass<Cell, T, 1, kSummed>(m, at(ax, ax_gs, 1), at(ah, ah_gs, 1), at(bi, b_gs, 1), at(bh, b_gs, 1), act[1]);
+    gate_pass<Cell, T, 2, kSummed>(m, at(ax, ax_gs, 2), at(ah, ah_gs, 2), at(bi, b_gs, 2), at(bh, b_gs, 2), act[2]);
+    gate_pass<Cell, T, 3, kSummed>(m, at(ax, ax_gs, 3), at(ah, ah_gs, 3), at(bi, b_gs, 3), at(bh, b_gs, 3), act[3]);
+    state_pass<Cell, T, kWriteY>(m, act[0], act[1], act[2], act[3], cp + j0, h + j0, c + j0,
+                                 kWriteY ? y + j0 : nullptr);
+  }
+}
+
 template <class Cell, class T, bool kTraining>
 void forward_step(const StepFwd<T>& s) {
   constexpr int S = Cell::kSaved;
@@ -94,7 +160,13 @@ void forward_step(const StepFwd<T>& s) {
     const T* cp = Cell::kHasCellState ? s.c_prev + b * H + j0 : nullptr;
     T* c = Cell::kHasCellState ? s.c + b * H + j0 : nullptr;
     T* sv = kTraining ? s.saved + b * S * H + j0 : nullptr;
-    auto row = s.y ? &forward_row<Cell, T, kTraining, true> : &forward_row<Cell, T, kTraining, false>;
+    auto row = [&] {
+      if constexpr (kTwoPass<Cell>)
+        return s.y ? &forward_row_two_pass<Cell, T, kTraining, true>
+                   : &forward_row_two_pass<Cell, T, kTraining, false>;
+      else
+        return s.y ? &forward_row<Cell, T, kTraining, true> : &forward_row<Cell, T, kTraining, false>;
+    }();
     const T* ah = kSumsPreactivations<Cell> ? nullptr : s.ah + b * s.ah_ld;
     row(n, s.ax + b * s.ax_ld, s.ax_gs, ah, s.ah_gs, s.b_ih + j0, s.b_hh + j0, H,
         hp, cp, s.h + b * H + j0, c, s.y ? s.y + b * s.y_ld + j0 : nullptr, sv, H);

@@ -16,19 +16,28 @@ struct Lstm {
   static constexpr bool kSplitRecurrentGrad = false;
   static constexpr bool kResetBeforeMatmul = false;
 
+  static constexpr bool kTwoPassForward = true;  // activate, then update (cpu/pointwise.h)
+
+  // The forward step in two halves: each gate's activation (g = 2 is tanh, the others σ),
+  // then the state from the four (act = i, f, g, o). forward() is the two in a row; the CPU
+  // runs them as two passes over a block of units.
+  template <int Gate, class T>
+  FASTRNN_HD static T activate(T a) { return Gate == 2 ? tanh_act(a) : sigmoid(a); }
+
+  template <class T>
+  FASTRNN_HD static void update(const T* act, T c_prev, T& h, T& c) {
+    c = act[1] * c_prev + act[0] * act[2];
+    h = act[3] * tanh_act(c);
+  }
+
   template <class T>
   FASTRNN_HD static void forward(const T* ax, const T* ah, T /*h_prev*/, T c_prev, T* saved,
                                  T& h, T& c) {
-    const T i = sigmoid(ax[0] + ah[0]);
-    const T f = sigmoid(ax[1] + ah[1]);
-    const T g = tanh_act(ax[2] + ah[2]);
-    const T o = sigmoid(ax[3] + ah[3]);
-    c = f * c_prev + i * g;
-    h = o * tanh_act(c);
-    saved[0] = i;
-    saved[1] = f;
-    saved[2] = g;
-    saved[3] = o;
+    saved[0] = activate<0>(ax[0] + ah[0]);
+    saved[1] = activate<1>(ax[1] + ah[1]);
+    saved[2] = activate<2>(ax[2] + ah[2]);
+    saved[3] = activate<3>(ax[3] + ah[3]);
+    update(saved, c_prev, h, c);
   }
 
   template <class T>
