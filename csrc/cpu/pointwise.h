@@ -86,9 +86,8 @@ inline void forward_row(int64_t n, const T* __restrict ax, int64_t ax_gs, const 
 // Cells with kTwoPassForward (LSTM): per block of units, one loop per gate that only
 // activates it, then one loop for the state. In one loop with all five activations of a
 // unit, each iteration's work (~200 vector instructions, two exp-and-divide chains deep)
-// leaves the out-of-order window too few independent iterations; apart, the loops run at the
-// speed of their activations. S1's LSTM pass (B = 128, H = 128, in an isolated timing of the
-// pass alone): 4.2 → 3.8 ns per unit and row in inference, 4.5 → 3.9 in training.
+// leaves the out-of-order window too few independent iterations (`perf`: the one-loop pass
+// was 22 % of S1 LSTM inference at 1 thread). What it bought is in benchmarks/README.md.
 template <class Cell, class = void>
 inline constexpr bool kTwoPass = false;
 template <class Cell>
