@@ -177,6 +177,33 @@ def test_float32_step_products_every_batch_and_thread_split(B, threads, restore_
         check_float32(cell, kw, problem, lens, L=2, D=2, what=f"{cell} {kw} ")
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_float32_typical_error_no_worse_than_naive_float32(cell):
+    """Not only within the worst-case budget: the engine's RMS error against float64 is at
+    most 1.2× that of the float32 NumPy reference (BLAS products) on a batch that takes the
+    stacked per-step product (x ~ N(0, 1), so x_t's part of each pre-activation outweighs
+    h's). Run as one FMA chain, h's 64 terms rounded against x's larger sum and the ratio
+    was 1.45 (LSTM) and 1.6 (RNN) over eight seeds; with the two parts summed apart and
+    added, as BLAS does, 0.93-1.05."""
+    T, B, I, H = 20, 16, 24, 64
+    G = GATES[cell]
+    rng = np.random.default_rng(0)
+    s = 1.0 / np.sqrt(H)
+    w = [rng.uniform(-s, s, shape).astype(np.float32)
+         for shape in [(G * H, I), (G * H, H), (G * H,), (G * H,)]]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    forward = getattr(fastrnn, f"{cell}_forward")
+    exact = forward(x.astype(np.float64), [a.astype(np.float64) for a in w],
+                    backend="reference").y
+
+    def rms(y):
+        return float(np.sqrt(np.mean((y.astype(np.float64) - exact) ** 2)))
+
+    engine = rms(forward(x, w, backend="cpu").y)
+    naive = rms(forward(x, w, backend="reference").y)
+    assert engine <= 1.2 * naive, (cell, engine, naive)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_float32_wide_layers(threads, restore_threads):
     """Widths past the blocking of the fast paths: H = 141 gives a thread more than the 128
