@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "cpu/kernels.h"
 
@@ -118,6 +119,17 @@ inline void state_pass(int64_t m, const T* __restrict a0, const T* __restrict a1
   }
 }
 
+// Every gate's pass over m units, gate g's operands at g·(its gate stride).
+template <class Cell, class T, bool kSummed, int... Gates>
+inline void gate_passes(std::integer_sequence<int, Gates...>, int64_t m, const T* ax,
+                        int64_t ax_gs, const T* ah, int64_t ah_gs, const T* bi, const T* bh,
+                        int64_t b_gs, T* const* act) {
+  (gate_pass<Cell, T, Gates, kSummed>(m, ax + Gates * ax_gs,
+                                      kSummed ? nullptr : ah + Gates * ah_gs,
+                                      bi + Gates * b_gs, bh + Gates * b_gs, act[Gates]),
+   ...);
+}
+
 // forward_row's contract, two-pass: the activations go to saved when training, else to a
 // block on the stack.
 template <class Cell, class T, bool kTraining, bool kWriteY>
@@ -126,7 +138,6 @@ inline void forward_row_two_pass(int64_t n, const T* ax, int64_t ax_gs, const T*
                                  const T* /*hp*/, const T* cp, T* h, T* c, T* y, T* sv,
                                  int64_t sv_gs) {
   static_assert(Cell::kGates == 4 && Cell::kSaved == 4 && Cell::kHasCellState);
-  constexpr bool kSummed = kSumsPreactivations<Cell>;
   constexpr int64_t kBlock = 128;
   alignas(32) T block[kTraining ? 1 : 4][kBlock];
   for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
@@ -136,11 +147,9 @@ inline void forward_row_two_pass(int64_t n, const T* ax, int64_t ax_gs, const T*
       if constexpr (kTraining) act[g] = sv + g * sv_gs + j0;
       else act[g] = block[g];
     }
-    auto at = [&](const T* p, int64_t gs, int g) { return p ? p + g * gs + j0 : nullptr; };
-    gate_pass<Cell, T, 0, kSummed>(m, at(ax, ax_gs, 0), at(ah, ah_gs, 0), at(bi, b_gs, 0), at(bh, b_gs, 0), act[0]);
-    gate_pass<Cell, T, 1, kSummed>(m, at(ax, ax_gs, 1), at(ah, ah_gs, 1), at(bi, b_gs, 1), at(bh, b_gs, 1), act[1]);
-    gate_pass<Cell, T, 2, kSummed>(m, at(ax, ax_gs, 2), at(ah, ah_gs, 2), at(bi, b_gs, 2), at(bh, b_gs, 2), act[2]);
-    gate_pass<Cell, T, 3, kSummed>(m, at(ax, ax_gs, 3), at(ah, ah_gs, 3), at(bi, b_gs, 3), at(bh, b_gs, 3), act[3]);
+    gate_passes<Cell, T, kSumsPreactivations<Cell>>(
+        std::make_integer_sequence<int, 4>{}, m, ax + j0, ax_gs,
+        kSumsPreactivations<Cell> ? nullptr : ah + j0, ah_gs, bi + j0, bh + j0, b_gs, act);
     state_pass<Cell, T, kWriteY>(m, act[0], act[1], act[2], act[3], cp + j0, h + j0, c + j0,
                                  kWriteY ? y + j0 : nullptr);
   }
