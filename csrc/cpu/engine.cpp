@@ -127,18 +127,20 @@ void add_column_sums(const T* a, int64_t rows, int64_t ld, int64_t n, T* part, d
 
 // ---------------------------------------------------------------------------------------
 // Per-step products against weights fixed for the whole call. Where the kernel table has a
-// panel GEMM (float on AVX2+FMA) and the batch has at least kPanelMinRows rows, each thread
-// packs its share of the weights into panels once per call (cpu/panel_gemm.h); otherwise
-// BLAS reads them in place (1-3 rows go to gemv there, which packs nothing either).
-// `python -m fastrnn bench --shapes S1,S2,S3,S4 --cells lstm,gru --threads 1 --peers torch`,
-// before and after, two rounds: S1/S2 10-25 % faster, S3/S4 within the noise (the table is
-// in benchmarks/README.md).
+// panel GEMM (float on AVX2+FMA), each thread packs its share of the weights into panels once
+// per call (cpu/panel_gemm.h); otherwise BLAS reads them in place. From kStackedMinRows rows
+// on, one-phase cells stack x_t with h_{t-1} in one product (forward_cell). Batches of 1-3
+// rows use the panels too, each step's product reading the weights once for all its rows:
+// BLAS ran one gemv per row (S5's 1 MB of W_hh read 1-3 times a step), and at 2 threads a
+// thread's 512 KB share stays in its L2 across steps. What it bought under
+// `python -m fastrnn bench` is in benchmarks/README.md (S1/S2 with panels from 4 rows: 10-25 %
+// faster than BLAS; batches of 2 and 3: 1.5-1.9x).
 // ---------------------------------------------------------------------------------------
-constexpr int64_t kPanelMinRows = 4;
+constexpr int64_t kStackedMinRows = 4;
 
 template <class T>
 bool use_panels(int64_t rows) {
-  return std::is_same_v<T, float> && kernels().panel_gemm != nullptr && rows >= kPanelMinRows;
+  return std::is_same_v<T, float> && kernels().panel_gemm != nullptr && rows >= 1;
 }
 
 // B of a per-step product C = A·B, [K, N]: trans = false, B[k][n] = w[k·ldw + n]; trans,
@@ -185,9 +187,11 @@ void pack_panels(const StepWeights<T>& b, T* out, int64_t k0 = 0, int64_t k_tota
       } else if (b.trans) {
         const T* row = b.w + ((n / b.block) * b.block_stride + n % b.block) * b.ldw;
         for (int64_t k = 0; k < b.K; ++k) panel[k * kPanelCols + c] = row[k];
-      } else {
-        for (int64_t k = 0; k < b.K; ++k) panel[k * kPanelCols + c] = b.w[k * b.ldw + n];
       }
+    }
+    if (!b.trans) {  // row k of the panel is 16 consecutive floats of row k of w
+      const int64_t n0 = q * kPanelCols, cols = std::min<int64_t>(kPanelCols, b.N - n0);
+      for (int64_t k = 0; k < b.K; ++k) copy_n(panel + k * kPanelCols, b.w + k * b.ldw + n0, cols);
     }
   }
 }
@@ -291,7 +295,7 @@ void forward_cell(const ForwardParams<T>& p) {
   constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
   const bool panels = use_panels<T>(B);
-  const bool stacked = !kTwoPhase && panels;
+  const bool stacked = !kTwoPhase && panels && B >= kStackedMinRows;
   const bool n_apart = stacked && !kSummed;  // GRU
   // What a thread keeps per hidden unit it owns: its packed rows of W_ih and of W_hh (these
   // only for BLAS: the panels below read W_hh in place), and its columns of the input and

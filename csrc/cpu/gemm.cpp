@@ -70,7 +70,9 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     return;
   }
   if (M == 2 || M == 3) {
-    // A few rows: one gemv per row still beats a gemm that packs B. Measured with
+    // A few rows: one gemv per row still beats a gemm that packs B (the per-step products of
+    // float64, and of CPUs without AVX2+FMA; float32 on AVX2 runs the engine's panel GEMM,
+    // which reads the weights once for all rows). Measured with
     // `python -m fastrnn bench --shape 50,B,256,256 --cells lstm --threads 1` (gemm -> gemv,
     // inference / training ms): B=2 6.5 -> 3.1-3.6 / 16.2 -> 9.7-11.0, B=3 9.0 -> 6.1-6.3 /
     // 18.4 -> 11.6-14.6; at B=4 gemm (6.3 / 15.7) is no slower than 4x the B=1 gemv run

@@ -12,8 +12,8 @@
 // The micro-kernel keeps a 6 × 16 tile of C in twelve ymm registers and walks K once:
 // per k, two loads of the panel, six broadcasts of A, twelve FMAs. Each C element is one
 // FMA chain per part of A ([A1 | A2], e.g. x_t and h_(t-1)) over its k in order, the two
-// sums added at the end, so it does not depend on how the columns are split between
-// threads.
+// sums added at the end (products of 1-3 rows: a few chains per part, see add_part), so it
+// does not depend on how the columns are split between threads.
 #pragma once
 
 #include <algorithm>
@@ -37,20 +37,77 @@ constexpr int kCols = int(kPanelCols);  // columns per panel (two ymm)
 constexpr int64_t kGroupBytes = 128 * 1024;  // panels run together per block of rows
 
 // lo/hi[r] += row r of a (MR rows) · b ([a.K][16]): per k, two loads of the panel, MR
-// broadcasts, 2·MR FMAs; one FMA chain per element over k in order.
-template <int MR>
+// broadcasts, 2·MR FMAs. kStreams = 1: one FMA chain per element over k in order. A tile of
+// 1-3 rows (a batch of 1-3) has 2-6 chains, too few to cover the FMA latency: it would take
+// 4 cycles a k, as 4 rows do. It runs kStreams chains per element instead, chain s over the
+// k ≡ s (mod kStreams) below the last multiple of kStreams, the rest of k on chain 0, added
+// as (s0 + s1) [+ s2 | + (s2 + s3)]: a fixed order for a given K.
+template <int MR, int kStreams = 1>
 __attribute__((always_inline)) inline void add_part(PanelA a, const float* __restrict b,
                                                     __m256* lo, __m256* hi) {
-  for (int64_t k = 0; k < a.K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
+  if constexpr (kStreams == 1) {
+    for (int64_t k = 0; k < a.K; ++k) {
+      const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
+      FASTRNN_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k);
+        lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
+        hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+      }
+    }
+  } else {
+    static_assert(kStreams >= 2 && kStreams <= 4, "kStreams: 1 to 4");
+    __m256 l[kStreams][MR], h[kStreams][MR];
+    FASTRNN_UNROLL
+    for (int s = 0; s < kStreams; ++s)
+      FASTRNN_UNROLL
+      for (int r = 0; r < MR; ++r) l[s][r] = h[s][r] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + kStreams <= a.K; k += kStreams) {
+      FASTRNN_UNROLL
+      for (int s = 0; s < kStreams; ++s) {
+        __m256 b0 = _mm256_loadu_ps(b + kCols * (k + s));
+        __m256 b1 = _mm256_loadu_ps(b + kCols * (k + s) + 8);
+        // in registers: GCC otherwise folds the loads into every row's FMA, and 2-row tiles
+        // then issue more loads than the load ports take
+        asm("" : "+x"(b0), "+x"(b1));
+        FASTRNN_UNROLL
+        for (int r = 0; r < MR; ++r) {
+          const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k + s);
+          l[s][r] = _mm256_fmadd_ps(av, b0, l[s][r]);
+          h[s][r] = _mm256_fmadd_ps(av, b1, h[s][r]);
+        }
+      }
+    }
+    for (; k < a.K; ++k) {
+      const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
+      FASTRNN_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k);
+        l[0][r] = _mm256_fmadd_ps(av, b0, l[0][r]);
+        h[0][r] = _mm256_fmadd_ps(av, b1, h[0][r]);
+      }
+    }
     FASTRNN_UNROLL
     for (int r = 0; r < MR; ++r) {
-      const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k);
-      lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-      hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+      __m256 sl = _mm256_add_ps(l[0][r], l[1][r]), sh = _mm256_add_ps(h[0][r], h[1][r]);
+      if constexpr (kStreams == 3) {
+        sl = _mm256_add_ps(sl, l[2][r]);
+        sh = _mm256_add_ps(sh, h[2][r]);
+      } else if constexpr (kStreams == 4) {
+        sl = _mm256_add_ps(sl, _mm256_add_ps(l[2][r], l[3][r]));
+        sh = _mm256_add_ps(sh, _mm256_add_ps(h[2][r], h[3][r]));
+      }
+      lo[r] = _mm256_add_ps(lo[r], sl);
+      hi[r] = _mm256_add_ps(hi[r], sh);
     }
   }
 }
+
+// Chains per tile of MR rows: 8 or more (2 FMAs a cycle of 4-cycle latency), and with the two
+// panel vectors and a broadcast within the 16 ymm registers.
+template <int MR>
+constexpr int kStreamsFor = MR == 1 ? 4 : MR <= 3 ? 2 : 1;
 
 // Rows [0, MR) × 16 columns of C from MR rows of [A1 | A2] and b: [A1.K + A2.K][16]. Every
 // loop over r is unrolled, so the accumulators live in registers (left rolled, GCC keeps
@@ -67,7 +124,7 @@ __attribute__((always_inline)) inline void tile(PanelA a1, PanelA a2,
   __m256 lo[MR], hi[MR];
   FASTRNN_UNROLL
   for (int r = 0; r < MR; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
-  add_part<MR>(a1, b, lo, hi);
+  add_part<MR, kStreamsFor<MR>>(a1, b, lo, hi);
   alignas(32) float first[MR][kCols];
   const bool two_parts = a1.K > 0 && a2.K > 0;
   if (two_parts) {
@@ -78,7 +135,7 @@ __attribute__((always_inline)) inline void tile(PanelA a1, PanelA a2,
       lo[r] = hi[r] = _mm256_setzero_ps();
     }
   }
-  add_part<MR>(a2, b + kCols * a1.K, lo, hi);
+  add_part<MR, kStreamsFor<MR>>(a2, b + kCols * a1.K, lo, hi);
   if (two_parts) {
     FASTRNN_UNROLL
     for (int r = 0; r < MR; ++r) {
@@ -134,8 +191,9 @@ __attribute__((always_inline)) inline void tiles(int64_t i, int64_t q, int64_t N
 inline void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
                        float* C, int64_t ldc, bool accumulate) {
   using namespace panel;
-  // Rows in blocks of 6; the last 7-9 rows as two blocks of 3-5 (a tile needs 8 independent
-  // FMA chains, 4 rows, to keep both FMA pipes busy: 1-2 rows run at half speed or less).
+  // Rows in blocks of 6; the last 7-9 rows as two blocks of 3-5 (a one-chain tile needs 8
+  // FMA chains, 4 rows, to keep both FMA pipes busy). Blocks of 1-3 rows, of products that
+  // have no more, run several chains per element (add_part).
   int64_t full = M / kRows * kRows;
   int rest = int(M - full);
   if (rest > 0 && rest < 4 && full > 0) {
