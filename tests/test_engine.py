@@ -163,14 +163,14 @@ def test_float32_error_within_naive_budget(cell, kw, lengths):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("B", [1, 2, 3, 4, 7, 8, 9, 13])
 def test_float32_step_products_every_batch_and_thread_split(B, threads, restore_threads):
-    """The per-step products in float32 (AVX2): the panel GEMM with its row blocks of 6 (the
-    last 7, 8 or 9 rows as 4+3, 4+4, 5+4) and column panels of 16; from 4 rows on, for LSTM,
-    GRU and RNN, x_t and h_{t-1} side by side in one product; 1-3 rows (the input projection
-    apart) in 4, 2, 2 interleaved chains over k: K = 21 (h_{t-1}, and RNN's dh), 63 (GRU's dh)
-    and 84 (LSTM's) leave 1, 3, 0 terms past the chains' last round with 4 chains, 1, 1, 0
-    with 2. H = 21 splits into thread shares of 8, 8 and 5 units (LSTM on two threads: 12 and
-    9, blocks of 4), so threads' columns end inside a panel and start off the 8-unit grid;
-    with lengths, padded rows run through the same products."""
+    """The per-step products in float32 (AVX2): the panel GEMM with its rows in even blocks
+    of up to 6 (7 as 3+4, 8 as 4+4, 9 as 4+5, 13 as 4+4+5) and column panels of 16; from 4
+    rows on, for LSTM, GRU and RNN, x_t and h_{t-1} side by side in one product; 1-3 rows (the
+    input projection apart) in 4, 2, 2 interleaved chains over k: K = 21 (h_{t-1}, and RNN's
+    dh), 63 (GRU's dh) and 84 (LSTM's) leave 1, 3, 0 terms past the chains' last round with 4
+    chains, 1, 1, 0 with 2. H = 21 splits into thread shares of 8, 8 and 5 units (LSTM on two
+    threads: 12 and 9, blocks of 4), so threads' columns end inside a panel and start off the
+    8-unit grid; with lengths, padded rows run through the same products."""
     fastrnn.set_num_threads(threads)
     T, I, H = 6, 11, 21
     lens = np.random.default_rng(B).integers(0, T + 1, B)

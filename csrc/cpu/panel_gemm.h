@@ -191,44 +191,29 @@ __attribute__((always_inline)) inline void tiles(int64_t i, int64_t q, int64_t N
 inline void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
                        float* C, int64_t ldc, bool accumulate) {
   using namespace panel;
-  // Rows in blocks of 6; the last 7-9 rows as two blocks of 3-5 (a one-chain tile needs 8
-  // FMA chains, 4 rows, to keep both FMA pipes busy). Blocks of 1-3 rows, of products that
-  // have no more, run several chains per element (add_part).
-  int64_t full = M / kRows * kRows;
-  int rest = int(M - full);
-  if (rest > 0 && rest < 4 && full > 0) {
-    full -= kRows;
-    rest += kRows;
-  }
+  // Rows in ceil(M / 6) blocks of as even a size as can be: 4-6 rows from M = 8 on (a
+  // one-chain tile needs 8 FMA chains, 4 rows, to keep both FMA pipes busy, and more to
+  // spare), M = 7 as 3 + 4; products of 1-3 rows, and the 3 of those 7, run several chains
+  // per element (add_part). S2's batch of 20 is 5+5+5+5, not 6+6+4+4 (with the 4-row tiles
+  // after the grouped loop, each streaming every panel from L2 again).
+  const int64_t blocks = (M + kRows - 1) / kRows;
   const int64_t n_panels = (N + kCols - 1) / kCols;
   const int64_t group = std::max<int64_t>(
       1, kGroupBytes / int64_t(sizeof(float) * kCols * (A1.K + A2.K)));
   for (int64_t q0 = 0; q0 < n_panels; q0 += group) {
     const int64_t q1 = std::min(n_panels, q0 + group);
-    for (int64_t i = 0; i < full; i += kRows)
-      for (int64_t q = q0; q < q1; ++q)
-        tiles<kRows>(i, q, N, A1, A2, panels, C, ldc, accumulate);
-  }
-  for (int64_t q = 0; q < n_panels; ++q) {
-    switch (rest) {
-      case 1: tiles<1>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
-      case 2: tiles<2>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
-      case 3: tiles<3>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
-      case 4: tiles<4>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
-      case 5: tiles<5>(full, q, N, A1, A2, panels, C, ldc, accumulate); break;
-      case 7:
-        tiles<4>(full, q, N, A1, A2, panels, C, ldc, accumulate);
-        tiles<3>(full + 4, q, N, A1, A2, panels, C, ldc, accumulate);
-        break;
-      case 8:
-        tiles<4>(full, q, N, A1, A2, panels, C, ldc, accumulate);
-        tiles<4>(full + 4, q, N, A1, A2, panels, C, ldc, accumulate);
-        break;
-      case 9:
-        tiles<5>(full, q, N, A1, A2, panels, C, ldc, accumulate);
-        tiles<4>(full + 5, q, N, A1, A2, panels, C, ldc, accumulate);
-        break;
-      default: break;
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t i = M * blk / blocks, rows = M * (blk + 1) / blocks - i;
+      for (int64_t q = q0; q < q1; ++q) {
+        switch (rows) {
+          case 1: tiles<1>(i, q, N, A1, A2, panels, C, ldc, accumulate); break;
+          case 2: tiles<2>(i, q, N, A1, A2, panels, C, ldc, accumulate); break;
+          case 3: tiles<3>(i, q, N, A1, A2, panels, C, ldc, accumulate); break;
+          case 4: tiles<4>(i, q, N, A1, A2, panels, C, ldc, accumulate); break;
+          case 5: tiles<5>(i, q, N, A1, A2, panels, C, ldc, accumulate); break;
+          default: tiles<kRows>(i, q, N, A1, A2, panels, C, ldc, accumulate); break;
+        }
+      }
     }
   }
 }
