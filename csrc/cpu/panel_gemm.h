@@ -38,10 +38,10 @@ constexpr int64_t kGroupBytes = 128 * 1024;  // panels run together per block of
 
 // lo/hi[r] += row r of a (MR rows) · b ([a.K][16]): per k, two loads of the panel, MR
 // broadcasts, 2·MR FMAs. kStreams = 1: one FMA chain per element over k in order. A tile of
-// 1-3 rows (a batch of 1-3) has 2-6 chains, too few to cover the FMA latency: it would take
-// 4 cycles a k, as 4 rows do. It runs kStreams chains per element instead, chain s over the
-// k ≡ s (mod kStreams) below the last multiple of kStreams, the rest of k on chain 0, added
-// as (s0 + s1) [+ s2 | + (s2 + s3)]: a fixed order for a given K.
+// 1-3 rows (a batch of 1-3, or 3 of 7) has 2-6 chains, too few to cover the FMA latency: it
+// would take 4 cycles a k, as 4 rows do. It runs kStreams chains per element instead, chain s
+// over the k ≡ s (mod kStreams) below the last multiple of kStreams, the rest of k on chain
+// 0, added as (s0 + s1) [+ s2 | + (s2 + s3)]: a fixed order for a given K.
 template <int MR, int kStreams = 1>
 __attribute__((always_inline)) inline void add_part(PanelA a, const float* __restrict b,
                                                     __m256* lo, __m256* hi) {
