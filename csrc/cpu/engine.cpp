@@ -130,11 +130,11 @@ void add_column_sums(const T* a, int64_t rows, int64_t ld, int64_t n, T* part, d
 // panel GEMM (float on AVX2+FMA), each thread packs its share of the weights into panels once
 // per call (cpu/panel_gemm.h); otherwise BLAS reads them in place. From kStackedMinRows rows
 // on, one-phase cells stack x_t with h_{t-1} in one product (forward_cell). Batches of 1-3
-// rows use the panels too, each step's product reading the weights once for all its rows:
-// BLAS ran one gemv per row (S5's 1 MB of W_hh read 1-3 times a step), and at 2 threads a
-// thread's 512 KB share stays in its L2 across steps. What it bought under
+// rows use the panels too, each step's product reading the weights once for all its rows
+// (BLAS ran one gemv per row: S5's 1 MB of W_hh read 1-3 times a step). What it bought under
 // `python -m fastrnn bench` is in benchmarks/README.md (S1/S2 with panels from 4 rows: 10-25 %
-// faster than BLAS; batches of 2 and 3: 1.5-1.9x).
+// faster than BLAS; batches of 2 and 3: 1.04-1.74x; S5 at 2 threads 1.26-1.47x for LSTM and
+// GRU, at 1 thread level, RNN slower).
 // ---------------------------------------------------------------------------------------
 constexpr int64_t kStackedMinRows = 4;
 
