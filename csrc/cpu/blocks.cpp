@@ -2,6 +2,7 @@
 // cpu/blocks.cpp — see blocks.h.
 #include "cpu/blocks.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -16,6 +17,7 @@ namespace fastrnn::cpu {
 namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kLineBytes = 64;
 
 struct Cache {
   std::mutex m;
@@ -33,14 +35,15 @@ Cache& cache() {
 }  // namespace
 
 Block allocate_block(size_t bytes) {
-  if (bytes < kMinCachedBytes) {
-    void* p = std::malloc(bytes ? bytes : 1);
-    if (!p) throw std::bad_alloc();
-    return {p, bytes};
-  }
   if (bytes > SIZE_MAX - kHugePage) throw std::bad_alloc();
   const bool huge = bytes >= kHugeBlockBytes;
-  const size_t size = huge ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+  const size_t align = huge ? kHugePage : kLineBytes;
+  const size_t size = (std::max<size_t>(bytes, 1) + align - 1) / align * align;
+  if (bytes < kMinCachedBytes) {
+    void* p = std::aligned_alloc(align, size);
+    if (!p) throw std::bad_alloc();
+    return {p, size};
+  }
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.m);
@@ -58,7 +61,7 @@ Block allocate_block(size_t bytes) {
       return b;
     }
   }
-  void* p = huge ? std::aligned_alloc(kHugePage, size) : std::malloc(size);
+  void* p = std::aligned_alloc(align, size);
   if (!p) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (huge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure changes nothing

@@ -8,7 +8,9 @@
 // their size (and at least half of it), up to kMaxCachedBytes in all, the oldest given back
 // first; from kHugeBlockBytes on they are 2 MiB-aligned and advised to use transparent huge
 // pages, as NumPy does for its arrays (a fresh S3 LSTM training call took ~11,900 faults of
-// 4 KiB, 450 with huge pages). Smaller blocks are plain malloc. The floor is twice glibc's
+// 4 KiB, 450 with huge pages). Smaller blocks are not kept. Every block is 64-byte aligned
+// at least: the panel GEMM's panel rows are 64 bytes, and in glibc's 16-byte aligned blocks
+// every other 32-byte load of them straddled two cache lines. The floor is twice glibc's
 // first mmap threshold: left to glibc, blocks of that size were trimmed from the heap top
 // (or unmapped) and faulted in again every call, S1's y (1.8 MiB) and the next call's blocks
 // (getrusage: 1,650 faults a call; 0 with y kept here too), and with a floor of 1 MiB still
