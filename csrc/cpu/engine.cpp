@@ -134,7 +134,7 @@ void add_column_sums(const T* a, int64_t rows, int64_t ld, int64_t n, T* part, d
 // (BLAS ran one gemv per row: S5's 1 MB of W_hh read 1-3 times a step). What it bought under
 // `python -m fastrnn bench` is in benchmarks/README.md (S1/S2 with panels from 4 rows: 10-25 %
 // faster than BLAS; batches of 2 and 3: 1.04-1.74x; S5 at 2 threads 1.26-1.47x for LSTM and
-// GRU, at 1 thread level, RNN slower).
+// GRU, at 1 thread level).
 // ---------------------------------------------------------------------------------------
 constexpr int64_t kStackedMinRows = 4;
 
