@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <utility>
 
 #include "cpu/kernels.h"
@@ -89,12 +88,6 @@ inline void forward_row(int64_t n, const T* __restrict ax, int64_t ax_gs, const 
 // unit, each iteration's work (~200 vector instructions, two exp-and-divide chains deep)
 // leaves the out-of-order window too few independent iterations (`perf`: the one-loop pass
 // was 22 % of S1 LSTM inference at 1 thread). What it bought is in benchmarks/README.md.
-template <class Cell, class = void>
-inline constexpr bool kTwoPass = false;
-template <class Cell>
-inline constexpr bool kTwoPass<Cell, std::void_t<decltype(Cell::kTwoPassForward)>> =
-    Cell::kTwoPassForward;
-
 template <class Cell, class T, int Gate, bool kSummed>
 inline void gate_pass(int64_t m, const T* __restrict ax, const T* __restrict ah,
                       const T* __restrict bi, const T* __restrict bh, T* __restrict out) {
@@ -169,7 +162,7 @@ void forward_step(const StepFwd<T>& s) {
     T* c = Cell::kHasCellState ? s.c + b * H + j0 : nullptr;
     T* sv = kTraining ? s.saved + b * S * H + j0 : nullptr;
     auto row = [&] {
-      if constexpr (kTwoPass<Cell>)
+      if constexpr (Cell::kTwoPassForward)
         return s.y ? &forward_row_two_pass<Cell, T, kTraining, true>
                    : &forward_row_two_pass<Cell, T, kTraining, false>;
       else

@@ -21,6 +21,7 @@ struct Gru {
   static constexpr bool kReadsHPrev = true;
   static constexpr bool kSplitRecurrentGrad = true;  // d(W_hn h + b_hn) = d(a_n)⊙r
   static constexpr bool kResetBeforeMatmul = false;
+  static constexpr bool kTwoPassForward = false;
 
   template <class T>
   FASTRNN_HD static void forward(const T* ax, const T* ah, T h_prev, T /*c_prev*/, T* saved,
@@ -63,6 +64,7 @@ struct GruResetBefore {
   static constexpr bool kReadsHPrev = true;
   static constexpr bool kSplitRecurrentGrad = false;
   static constexpr bool kResetBeforeMatmul = true;
+  static constexpr bool kTwoPassForward = false;
 
   // ah[0..1] valid; writes r, z and rh = r⊙h_prev, the input of the second GEMM.
   template <class T>

@@ -15,7 +15,6 @@ struct Lstm {
   static constexpr bool kReadsHPrev = false;
   static constexpr bool kSplitRecurrentGrad = false;
   static constexpr bool kResetBeforeMatmul = false;
-
   static constexpr bool kTwoPassForward = true;  // activate, then update (cpu/pointwise.h)
 
   // The forward step in two halves: each gate's activation (g = 2 is tanh, the others σ),

@@ -26,6 +26,7 @@ struct Rnn {
   static constexpr bool kReadsHPrev = false;
   static constexpr bool kSplitRecurrentGrad = false;
   static constexpr bool kResetBeforeMatmul = false;
+  static constexpr bool kTwoPassForward = false;
 
   template <class T>
   FASTRNN_HD static void forward(const T* ax, const T* ah, T /*h_prev*/, T /*c_prev*/,
