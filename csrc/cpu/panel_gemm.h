@@ -36,34 +36,43 @@ constexpr int kRows = int(kPanelRows);  // rows of C per tile
 constexpr int kCols = int(kPanelCols);  // columns per panel (two ymm)
 constexpr int64_t kGroupBytes = 128 * 1024;  // panels run together per block of rows
 
-// lo/hi[r] += row r of a (MR rows) · b ([a.K][16]): per k, two loads of the panel, MR
-// broadcasts, 2·MR FMAs. kStreams = 1: one FMA chain per element over k in order. A tile of
-// 1-3 rows (a batch of 1-3, or 3 of 7) has 2-6 chains, too few to cover the FMA latency: it
-// would take 4 cycles a k, as 4 rows do. It runs kStreams chains per element instead, chain s
-// over the k ≡ s (mod kStreams) below the last multiple of kStreams, the rest of k on chain
-// 0, added as (s0 + s1) [+ s2 | + (s2 + s3)]: a fixed order for a given K.
+// lo/hi[r] += row r of a (MR rows) · b ([a.K][16]) over k in [k0, k1), one FMA chain per
+// element: per k, two loads of the panel, MR broadcasts, 2·MR FMAs.
+template <int MR>
+__attribute__((always_inline)) inline void chain(PanelA a, const float* __restrict b,
+                                                 int64_t k0, int64_t k1, __m256* lo,
+                                                 __m256* hi) {
+  for (int64_t k = k0; k < k1; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
+    FASTRNN_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k);
+      lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
+      hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+    }
+  }
+}
+
+// lo/hi[r] += row r of a · b over all of a.K. kStreams = 1: one chain over k in order. A
+// tile of 1-3 rows (a batch of 1-3, or 3 of 7) has 2-6 chains, too few to cover the FMA
+// latency: it would take 4 cycles a k, as 4 rows do. It runs kStreams (2 or 4) chains per
+// element instead, chain s over the k ≡ s (mod kStreams) below the last multiple of
+// kStreams, the rest of k on chain 0, added as s0 + s1, or (s0 + s1) + (s2 + s3): a fixed
+// order for a given K.
 template <int MR, int kStreams = 1>
 __attribute__((always_inline)) inline void add_part(PanelA a, const float* __restrict b,
                                                     __m256* lo, __m256* hi) {
   if constexpr (kStreams == 1) {
-    for (int64_t k = 0; k < a.K; ++k) {
-      const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
-      FASTRNN_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k);
-        lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-        hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
-      }
-    }
+    chain<MR>(a, b, 0, a.K, lo, hi);
   } else {
-    static_assert(kStreams >= 2 && kStreams <= 4, "kStreams: 1 to 4");
+    static_assert(kStreams == 2 || kStreams == 4, "kStreams: 1, 2 or 4");
     __m256 l[kStreams][MR], h[kStreams][MR];
     FASTRNN_UNROLL
     for (int s = 0; s < kStreams; ++s)
       FASTRNN_UNROLL
       for (int r = 0; r < MR; ++r) l[s][r] = h[s][r] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + kStreams <= a.K; k += kStreams) {
+    const int64_t rounds_end = a.K / kStreams * kStreams;
+    for (int64_t k = 0; k < rounds_end; k += kStreams) {
       FASTRNN_UNROLL
       for (int s = 0; s < kStreams; ++s) {
         __m256 b0 = _mm256_loadu_ps(b + kCols * (k + s));
@@ -79,22 +88,11 @@ __attribute__((always_inline)) inline void add_part(PanelA a, const float* __res
         }
       }
     }
-    for (; k < a.K; ++k) {
-      const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
-      FASTRNN_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k);
-        l[0][r] = _mm256_fmadd_ps(av, b0, l[0][r]);
-        h[0][r] = _mm256_fmadd_ps(av, b1, h[0][r]);
-      }
-    }
+    chain<MR>(a, b, rounds_end, a.K, l[0], h[0]);
     FASTRNN_UNROLL
     for (int r = 0; r < MR; ++r) {
       __m256 sl = _mm256_add_ps(l[0][r], l[1][r]), sh = _mm256_add_ps(h[0][r], h[1][r]);
-      if constexpr (kStreams == 3) {
-        sl = _mm256_add_ps(sl, l[2][r]);
-        sh = _mm256_add_ps(sh, h[2][r]);
-      } else if constexpr (kStreams == 4) {
+      if constexpr (kStreams == 4) {
         sl = _mm256_add_ps(sl, _mm256_add_ps(l[2][r], l[3][r]));
         sh = _mm256_add_ps(sh, _mm256_add_ps(h[2][r], h[3][r]));
       }
