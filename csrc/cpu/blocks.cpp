@@ -39,7 +39,7 @@ Block allocate_block(size_t bytes) {
   const bool huge = bytes >= kHugeBlockBytes;
   const size_t align = huge ? kHugePage : kLineBytes;
   const size_t size = (std::max<size_t>(bytes, 1) + align - 1) / align * align;
-  if (bytes < kMinCachedBytes) {
+  if (size < kMinCachedBytes) {  // by capacity, as release_block decides what it keeps
     void* p = std::aligned_alloc(align, size);
     if (!p) throw std::bad_alloc();
     return {p, size};
