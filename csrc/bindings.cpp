@@ -234,4 +234,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("blas_info", &cpu::blas_info);
   m.def("num_threads", &cpu::num_threads);
   m.def("set_num_threads", &cpu::set_num_threads);
+  m.def("fma_peak_gflops", &cpu::fma_peak_gflops, py::call_guard<py::gil_scoped_release>());
 }

@@ -6,12 +6,14 @@ noisy, and speed claims come from the benchmark itself.
 """
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn import _bench
 
 pytestmark = pytest.mark.skipif(
@@ -56,7 +58,22 @@ def test_rows_and_json(tmp_path, capsys):
         if _bench._import_peer("onnxruntime") is not None:
             assert ("onnxruntime_ms" in row) == (row["mode"] == "inference")
     assert "GEMM rate" in table and "tiny  lstm inference" in table
+    if fastrnn.backends()["cpu"]["simd"] == "avx2+fma":
+        assert all(row["fma_peak_gflops"] > 0 for row in rows) and "FMA peak" in table
     json.dumps(rows)  # what --json writes
+
+
+def test_fma_peak_only_with_fma_kernels():
+    # the baseline kernel table has no FMA loop: no peak, rather than a number from a
+    # different instruction mix (the table is chosen once per process, hence the child)
+    code = "from fastrnn import _bench; print(_bench.fma_peak(1))"
+    env = dict(os.environ, FASTRNN_SIMD="baseline")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "None"
+    if fastrnn.backends()["cpu"]["simd"] == "avx2+fma":
+        assert _bench.fma_peak(1) > 0
 
 
 @pytest.mark.parametrize("args, message", [

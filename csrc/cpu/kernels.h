@@ -99,6 +99,8 @@ struct KernelTable {
   CellKernels<float> f32[5];   // indexed by CellKind
   CellKernels<double> f64[5];
   PanelGemm panel_gemm = nullptr;  // AVX2+FMA only; null: the engine calls BLAS
+  // AVX2+FMA only: `rounds` × 96 float32 FMAs, nothing else (cpu/fma_peak.h)
+  float (*fma_loop)(int64_t rounds, float seed) = nullptr;
 };
 
 // The table for this CPU: AVX2+FMA code where the CPU has both, else the baseline x86-64 code.

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
 // cpu/kernels_isa.cpp — compiled once per instruction set (CMake defines FASTRNN_ISA and the
 // matching -m flags: "baseline" with none, "avx2" with -mavx2 -mfma). Instantiates the
-// pointwise kernels of every cell × dtype, and the panel GEMM where the instruction set has
-// one, and hands them out as one table. Nothing else.
+// pointwise kernels of every cell × dtype, and the panel GEMM and the FMA peak loop where the
+// instruction set has them, and hands them out as one table. Nothing else.
 #include "fastrnn/cells/gru.h"
 #include "fastrnn/cells/lstm.h"
 #include "fastrnn/cells/rnn.h"
 #include "fastrnn/problem.h"
+#include "cpu/fma_peak.h"
 #include "cpu/panel_gemm.h"
 #include "cpu/pointwise.h"
 
@@ -30,6 +31,9 @@ KernelTable FASTRNN_CONCAT(make_kernel_table_, FASTRNN_ISA)() {
   t.f64[int(CellKind::kRnnRelu)] = isa::make_cell_kernels<RnnRelu, double>();
 #if defined(FASTRNN_HAVE_PANEL_GEMM)
   t.panel_gemm = &isa::panel_gemm;
+#endif
+#if defined(FASTRNN_HAVE_FMA_PEAK)
+  t.fma_loop = &isa::fma_loop;
 #endif
   return t;
 }

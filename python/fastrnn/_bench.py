@@ -7,7 +7,9 @@ Times fastrnn's compiled engine and, in the same run, each installed peer: torch
 training) and, when asked, the NumPy reference. Each timing is the median of repeats after a
 warm-up. Rows also give the GEMM work rate (GFLOP/s), its share of the single-precision GEMM
 rate measured on this machine in the same run (OpenBLAS through NumPy, in a child process per
-thread count), and the training reserve fastrnn keeps for backward. Peers are imported lazily
+thread count), and the training reserve fastrnn keeps for backward; each thread count's header
+also gives the machine's float32 FMA peak (a loop of multiply-adds alone), the ceiling of any
+GEMM. Peers are imported lazily
 and skipped when missing. Not here: correctness (`python -m fastrnn check`).
 
 CUDA (`--device cuda`): fastrnn's CUDA engine against torch.nn / cuDNN over a fixed grid.
@@ -85,6 +87,20 @@ def gemm_rate(threads):
         return float(run.stdout.strip()) if run.returncode == 0 else None
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return None
+
+
+def fma_peak(threads):
+    """GFLOP/s of float32 multiply-adds on `threads` of fastrnn's threads at once, from a loop
+    of nothing else: the compute peak no GEMM can pass. None without AVX2+FMA kernels."""
+    core = _backends._core
+    if core is None:
+        return None
+    before = core.num_threads()
+    core.set_num_threads(threads)
+    try:
+        return core.fma_peak_gflops() or None
+    finally:
+        core.set_num_threads(before)
 
 
 def _weights(cell, I, H, layers, rng):
@@ -261,10 +277,14 @@ def _run_grid(grid, shapes, cells, modes, threads, repeats, peers, available, pr
         _backends.set_num_threads(n)
         if "torch" in peers:
             available["torch"].set_num_threads(n)
-        progress.step(f"GEMM rate, {n} thread(s)")
+        progress.step(f"GEMM rate and FMA peak, {n} thread(s)")
         peak = gemm_rate(n)
+        fma = fma_peak(n)
         print(f"\n{n} thread(s); float32 GEMM rate on this machine: "
-              + (f"{peak:.1f} GFLOP/s" if peak else "not measured"), file=out)
+              + (f"{peak:.1f} GFLOP/s" if peak else "not measured")
+              + (f"; FMA peak: {fma:.1f} GFLOP/s" if fma else "")
+              + (f" (the GEMM at {100 * peak / fma:.0f} % of it)" if fma and peak else ""),
+              file=out)
         header = f"{'shape':5} {'cell':4} {'mode':9} {'fastrnn ms':>10}"
         for p in peers:
             header += f" {p + ' ms':>16} {'x ' + p:>14}"
@@ -290,7 +310,7 @@ def _run_grid(grid, shapes, cells, modes, threads, repeats, peers, available, pr
                     progress.step(f"{shape} {cell} {mode}, {n} thread(s)")
                     row = {"shape": shape, "cell": cell, "mode": mode, "T": T, "B": B, "I": I,
                            "H": H, "layers": layers, "threads": n, "dtype": "float32",
-                           "gemm_rate_gflops": peak}
+                           "gemm_rate_gflops": peak, "fma_peak_gflops": fma}
                     tmin, tmed = _timeit(runners[mode], repeats)
                     row["fastrnn_ms"], row["fastrnn_ms_min"] = 1e3 * tmed, 1e3 * tmin
                     line = f"{shape:5} {cell:4} {mode:9} {row['fastrnn_ms']:10.2f}"

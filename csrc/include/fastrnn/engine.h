@@ -130,6 +130,10 @@ std::string simd_level();
 std::string blas_info();
 int num_threads();
 void set_num_threads(int n);
+// GFLOP/s of float32 multiply-adds on the pool's threads at once, from a loop of nothing else
+// (the best of three timings, ~0.2 s in all): the machine's compute peak, which no GEMM can
+// pass. 0 where the kernels have no FMA (the baseline table).
+double fma_peak_gflops();
 
 }  // namespace cpu
 }  // namespace fastrnn

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+// cpu/fma_peak.h — the machine's float32 multiply-add peak, for the benchmark: a loop of
+// nothing but independent 8-wide FMAs, twelve chains (more than the FMA units' latency ×
+// throughput needs, so the loop is bound by their throughput alone), no memory traffic.
+// `python -m fastrnn bench` prints it next to OpenBLAS's GEMM rate, which is how the
+// benchmark shows how far any GEMM-bound target can go on the machine it runs on.
+// Compiled through kernels_isa.cpp; only the AVX2+FMA table has it.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FASTRNN_HAVE_FMA_PEAK 1
+#endif
+
+namespace fastrnn::cpu::FASTRNN_ISA {
+
+#if defined(FASTRNN_HAVE_FMA_PEAK)
+
+// rounds × 12 FMAs of 8 floats, a = a·m + c on every chain (m just below 1, so the chains
+// settle near c / (1 − m) and never reach an infinity or a subnormal); returns their sum,
+// which the caller keeps so that the loop cannot be left out.
+inline float fma_loop(int64_t rounds, float seed) {
+  constexpr int kChains = 12;
+  const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  __m256 a[kChains];
+  for (int i = 0; i < kChains; ++i) a[i] = _mm256_set1_ps(seed * float(i + 1));
+  for (int64_t r = 0; r < rounds; ++r) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kChains; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
+  }
+  __m256 s = a[0];
+  for (int i = 1; i < kChains; ++i) s = _mm256_add_ps(s, a[i]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, s);
+  float total = 0.f;
+  for (float v : lanes) total += v;
+  return total;
+}
+
+#endif
+
+}  // namespace fastrnn::cpu::FASTRNN_ISA
