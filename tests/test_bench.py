@@ -72,8 +72,12 @@ def test_fma_peak_only_with_fma_kernels():
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "None"
-    if fastrnn.backends()["cpu"]["simd"] == "avx2+fma":
-        assert _bench.fma_peak(1) > 0
+
+
+def test_fma_peak_leaves_the_thread_count():
+    before = fastrnn.backends()["cpu"]["threads"]
+    _bench.fma_peak(before + 1)
+    assert fastrnn.backends()["cpu"]["threads"] == before
 
 
 @pytest.mark.parametrize("args, message", [

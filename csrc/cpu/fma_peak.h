@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // cpu/fma_peak.h — the machine's float32 multiply-add peak, for the benchmark: a loop of
-// nothing but independent 8-wide FMAs, twelve chains (more than the FMA units' latency ×
+// nothing but independent 8-wide FMAs, kFmaChains = 12 chains (more than the FMA units' latency ×
 // throughput needs, so the loop is bound by their throughput alone), no memory traffic.
 // `python -m fastrnn bench` prints it next to OpenBLAS's GEMM rate, which is how the
 // benchmark shows how far any GEMM-bound target can go on the machine it runs on.
@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+
+#include "cpu/kernels.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -18,20 +20,19 @@ namespace fastrnn::cpu::FASTRNN_ISA {
 
 #if defined(FASTRNN_HAVE_FMA_PEAK)
 
-// rounds × 12 FMAs of 8 floats, a = a·m + c on every chain (m just below 1, so the chains
-// settle near c / (1 − m) and never reach an infinity or a subnormal); returns their sum,
-// which the caller keeps so that the loop cannot be left out.
+// rounds × kFmaChains FMAs of 8 floats, a = a·m + c on every chain (m just below 1, so the
+// chains settle near c / (1 − m) and never reach an infinity or a subnormal); returns their
+// sum, so that the loop is not compiled away (the engine calls it through the table).
 inline float fma_loop(int64_t rounds, float seed) {
-  constexpr int kChains = 12;
   const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
-  __m256 a[kChains];
-  for (int i = 0; i < kChains; ++i) a[i] = _mm256_set1_ps(seed * float(i + 1));
+  __m256 a[kFmaChains];
+  for (int i = 0; i < kFmaChains; ++i) a[i] = _mm256_set1_ps(seed * float(i + 1));
   for (int64_t r = 0; r < rounds; ++r) {
-#pragma GCC unroll 12
-    for (int i = 0; i < kChains; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
+#pragma GCC unroll 12  // all the chains: a literal, as the pragma needs one
+    for (int i = 0; i < kFmaChains; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
   }
   __m256 s = a[0];
-  for (int i = 1; i < kChains; ++i) s = _mm256_add_ps(s, a[i]);
+  for (int i = 1; i < kFmaChains; ++i) s = _mm256_add_ps(s, a[i]);
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, s);
   float total = 0.f;

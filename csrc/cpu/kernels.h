@@ -93,13 +93,14 @@ using PanelGemm = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2, const flo
                            float* C, int64_t ldc, bool accumulate);
 constexpr int64_t kPanelCols = 16;  // columns per panel
 constexpr int64_t kPanelRows = 6;   // rows of C per micro-kernel tile
+constexpr int kFmaChains = 12;      // independent FMA chains of the peak loop, a round each
 
 // Every cell × dtype, for one instruction set.
 struct KernelTable {
   CellKernels<float> f32[5];   // indexed by CellKind
   CellKernels<double> f64[5];
   PanelGemm panel_gemm = nullptr;  // AVX2+FMA only; null: the engine calls BLAS
-  // AVX2+FMA only: `rounds` × 96 float32 FMAs, nothing else (cpu/fma_peak.h)
+  // AVX2+FMA only: `rounds` × kFmaChains 8-wide FMAs, nothing else (cpu/fma_peak.h)
   float (*fma_loop)(int64_t rounds, float seed) = nullptr;
 };
 

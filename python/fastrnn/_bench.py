@@ -9,8 +9,8 @@ warm-up. Rows also give the GEMM work rate (GFLOP/s), its share of the single-pr
 rate measured on this machine in the same run (OpenBLAS through NumPy, in a child process per
 thread count), and the training reserve fastrnn keeps for backward; each thread count's header
 also gives the machine's float32 FMA peak (a loop of multiply-adds alone), the ceiling of any
-GEMM. Peers are imported lazily
-and skipped when missing. Not here: correctness (`python -m fastrnn check`).
+GEMM. Peers are imported lazily and skipped when missing. Not here: correctness
+(`python -m fastrnn check`).
 
 CUDA (`--device cuda`): fastrnn's CUDA engine against torch.nn / cuDNN over a fixed grid.
 """
