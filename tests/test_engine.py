@@ -279,6 +279,85 @@ def test_float32_activations_within_two_ulps(simd):
 
 
 # ----------------------------------------------------------------------------------------------
+# Empty sizes, every cell x variant x dtype x instruction set, in a child process (a crash is a
+# failure, not a lost run): an input size I = 0 with every batch size the per-step products
+# split differently (1-3 rows, 4 and more: the stacked product and the GRU's separate n-gate
+# input product, of K = I = 0), alone and with T = 0 and B = 0; layers above the first then see
+# I = D*Hout. The hidden size has no 0 (torch.nn rejects it too): a clear ValueError.
+
+EMPTY_SIZES_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, fastrnn
+from test_engine import VARIANTS, make_problem, run
+from _tolerances import (SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,
+                         assert_within_float32_budget, textbook_float32_reference)
+failures, cases = [], 0
+for cell, kw in VARIANTS:
+    for T, B in [(3, b) for b in (1, 2, 3, 4, 5, 7, 9, 13)] + [(0, 4), (3, 0)]:
+        for L, D in [(1, 1), (2, 2)]:
+            problem = make_problem(cell, kw, T, B, 0, 5 if kw.get("proj_size") else 9, L=L, D=D)
+            lengths = np.arange(B) % (T + 1)
+            exact = run(cell, kw, problem, "reference", lengths=lengths, L=L, D=D)
+            for dtype in (np.float64, np.float32):
+                what = f"{cell} {kw} T={T} B={B} I=0 L={L} D={D} {dtype.__name__}"
+                cases += 1
+                try:
+                    got = run(cell, kw, problem, "cpu", lengths=lengths, L=L, D=D, dtype=dtype)
+                    if dtype == np.float64:
+                        for name in exact:
+                            assert_close(got[name], exact[name], rtol=SAME_MATHS_F64_RTOL,
+                                         atol=SAME_MATHS_F64_ATOL, name=f"{what} {name}")
+                        continue
+                    with textbook_float32_reference():
+                        naive = run(cell, kw, problem, "reference", lengths=lengths, L=L, D=D,
+                                    dtype=dtype)
+                    for name in exact:
+                        assert got[name].shape == exact[name].shape, (what, name)
+                        assert_within_float32_budget(got[name], naive[name], exact[name],
+                                                     name=f"{what} {name}",
+                                                     forward=name in ("y", "h_n", "c_n"))
+                except Exception as exc:
+                    failures.append(f"{what}: {exc!r}"[:500])
+print(json.dumps({"simd": fastrnn.backends()["cpu"]["simd"], "cases": cases,
+                  "failures": failures}))
+"""
+
+
+@pytest.mark.parametrize("simd", ["auto", "baseline"])
+def test_empty_input_size_every_cell_dtype_and_instruction_set(simd):
+    """x of shape (T, B, 0) (w_ih (G*H, 0)): forward and backward match the reference, for
+    every cell and variant, float32 and float64, 1-13 rows, one and two layers and directions.
+    The float32 GRU once divided by K = 0 in the panel GEMM (SIGFPE at B >= 4, AVX2)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("FASTRNN_SIMD", None)
+    if simd == "baseline":
+        env["FASTRNN_SIMD"] = "baseline"
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.run([sys.executable, "-c", EMPTY_SIZES_SCRIPT, tests_dir], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, f"exit {child.returncode}: {child.stderr[-3000:]}"
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert report["simd"] == ("baseline" if simd == "baseline" else fastrnn.backends()["cpu"]["simd"])
+    assert report["cases"] == len(VARIANTS) * 10 * 2 * 2
+    assert report["failures"] == [], "\n".join(report["failures"])
+
+
+@pytest.mark.parametrize("cell,kw", VARIANTS, ids=VARIANT_IDS)
+def test_zero_hidden_size_is_a_clear_error(cell, kw):
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    w = [np.zeros((0, 3), np.float32), np.zeros((0, 0), np.float32)]
+    kw = {k: v for k, v in kw.items() if k != "proj_size"}
+    with pytest.raises(ValueError, match=rf"weights\[0\].*{G}\*hidden_size.*hidden_size > 0"):
+        getattr(fastrnn, f"{cell}_forward")(np.zeros((2, 2, 3), np.float32), w, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
 # Special values and edge cases
 
 

@@ -88,7 +88,8 @@ struct PanelA {
 };
 // C[M, N] = [A1 | A2]·B, or C += [A1 | A2]·B when accumulate, with B packed into column
 // panels of 16 that are A1.K + A2.K rows deep (the engine's pack_panels; see
-// cpu/panel_gemm.h). A1.K may be 0: a product of one A (A1 is x_t in the stacked product).
+// cpu/panel_gemm.h). A1.K may be 0: a product of one A (A1 is x_t in the stacked product);
+// both may be 0 (an empty input size): C = 0, or C unchanged when accumulate.
 using PanelGemm = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
                            float* C, int64_t ldc, bool accumulate);
 constexpr int64_t kPanelCols = 16;  // columns per panel

@@ -196,8 +196,10 @@ inline void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* 
   // after the grouped loop, each streaming every panel from L2 again).
   const int64_t blocks = (M + kRows - 1) / kRows;
   const int64_t n_panels = (N + kCols - 1) / kCols;
-  const int64_t group = std::max<int64_t>(
-      1, kGroupBytes / int64_t(sizeof(float) * kCols * (A1.K + A2.K)));
+  // K = A1.K + A2.K may be 0 (an input size of 0: GRU's n-gate input product has K = I);
+  // the tiles then write C = 0 (or leave C) and a group is every panel.
+  const int64_t K = std::max<int64_t>(1, A1.K + A2.K);
+  const int64_t group = std::max<int64_t>(1, kGroupBytes / int64_t(sizeof(float) * kCols * K));
   for (int64_t q0 = 0; q0 < n_panels; q0 += group) {
     const int64_t q1 = std::min(n_panels, q0 + group);
     for (int64_t blk = 0; blk < blocks; ++blk) {

@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "fastrnn/cell.h"
@@ -30,7 +31,11 @@ template <class T> __device__ __forceinline__ Acc<T> ld(const T* p, int64_t i) {
 template <class T> __device__ __forceinline__ void st(T* p, int64_t i, Acc<T> v) { p[i] = T(v); }
 
 constexpr int kThreads = 256;
-inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+// At least one block: a launch of 0 blocks is an error (n = 0 when B, H or I is 0); every
+// kernel returns at once for indices past its n.
+inline unsigned blocks_for(int64_t n) {
+  return unsigned(std::max<int64_t>(1, (n + kThreads - 1) / kThreads));
+}
 
 // One step of one layer-direction; pointers as in cpu/kernels.h StepFwd, device memory.
 template <class T>
