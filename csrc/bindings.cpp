@@ -233,6 +233,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("cached_block_bytes", &cpu::cached_block_bytes);
   m.def("blas_info", &cpu::blas_info);
   m.def("num_threads", &cpu::num_threads);
-  m.def("set_num_threads", &cpu::set_num_threads);
+  // waits for a running call to finish: without the GIL, so other Python threads go on
+  m.def("set_num_threads", &cpu::set_num_threads, py::call_guard<py::gil_scoped_release>());
+  m.def("hold_block_cache", &cpu::hold_block_cache, py::call_guard<py::gil_scoped_release>());
   m.def("fma_peak_gflops", &cpu::fma_peak_gflops, py::call_guard<py::gil_scoped_release>());
 }

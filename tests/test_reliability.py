@@ -141,6 +141,105 @@ def test_kernels_release_the_gil():
     assert finished_first, "the main thread could not run while the kernel ran: GIL held?"
 
 
+def test_set_num_threads_waits_without_the_gil(restore_threads):
+    """set_num_threads waits for a running call to finish; meanwhile other Python threads run.
+    One thread is inside a long kernel (~0.5 s), a second calls set_num_threads (and waits),
+    and the main thread, after a 50 ms sleep, does Python work and looks whether either has
+    returned. Had set_num_threads kept the GIL while it waited, the main thread could not wake
+    until both had."""
+    p = Problem("lstm", T=4000, B=64, I=64, H=128, L=1, D=1, lengths=None, dtype=np.float32)
+    entered, returned, resized = threading.Event(), threading.Event(), threading.Event()
+
+    def kernel():
+        entered.set()
+        fastrnn.lstm_forward(p.x, p.weights, backend="cpu")
+        returned.set()
+
+    def resize():
+        fastrnn.set_num_threads(3 - min(2, fastrnn.backends()["cpu"]["threads"]))
+        resized.set()
+
+    threads = [threading.Thread(target=kernel), threading.Thread(target=resize)]
+    threads[0].start()
+    entered.wait()
+    time.sleep(0.05)  # the kernel is running
+    threads[1].start()
+    time.sleep(0.05)  # set_num_threads is waiting for it
+    work = sum(i * i for i in range(20000))  # Python bytecode: needs the GIL
+    neither_returned = not returned.is_set() and not resized.is_set()
+    for t in threads:
+        t.join()
+    assert work > 0 and resized.is_set()
+    assert neither_returned, "the main thread could not run while set_num_threads waited: GIL held?"
+
+
+# A forked child must never inherit a lock that another thread of the parent held at the fork.
+# The child holds only the forking thread; it allocates large blocks (y, the reserve: >= 256
+# KiB, from the block cache) in a training forward and backward, and must finish.
+FORK_SCRIPT = textwrap.dedent("""
+    import os, sys, threading, time
+    import numpy as np, fastrnn
+    from fastrnn import _backends
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32, 64)).astype(np.float32)
+    w = [rng.uniform(-0.1, 0.1, s).astype(np.float32) for s in [(256, 64), (256, 64)]]
+
+    def child_work():
+        out = fastrnn.lstm_forward(x, w, training=True, backend="cpu")
+        fastrnn.lstm_backward(out.saved, np.ones_like(out.y))
+        os._exit(0)
+
+    def fork_and_wait(what):
+        pid = os.fork()
+        if pid == 0:
+            child_work()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0, (what, status)
+                return
+            time.sleep(0.01)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise SystemExit(f"the child forked {what} hung (a lock held for ever?)")
+
+    # 1. while another thread holds the block cache's lock (a test hook of _core)
+    holder = threading.Thread(target=_backends._core.hold_block_cache, args=(0.5,))
+    holder.start()
+    time.sleep(0.1)
+    fork_and_wait("while the block cache was locked")
+    holder.join()
+
+    # 2. under load: two threads run training calls (every block through the cache) while
+    # the main thread forks
+    stop = threading.Event()
+    def load():
+        while not stop.is_set():
+            out = fastrnn.lstm_forward(x, w, training=True, backend="cpu")
+            fastrnn.lstm_backward(out.saved, np.ones_like(out.y))
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for t in workers:
+        t.start()
+    for k in range(int(sys.argv[1])):
+        fork_and_wait(f"under load ({k})")
+    stop.set()
+    for t in workers:
+        t.join()
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_fork_while_threads_use_the_engine():
+    """A fork that lands while another thread holds the block cache's lock, and 30 forks while
+    two threads run training calls: every child allocates large blocks and finishes."""
+    child = subprocess.run([sys.executable, "-c", FORK_SCRIPT, "30"], capture_output=True,
+                           text=True, timeout=600)
+    assert child.returncode == 0 and child.stdout.strip() == "ok", child.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------------------------
 # Determinism
 

@@ -3,11 +3,15 @@
 #include "cpu/blocks.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <new>
+#include <thread>
 #include <vector>
+
+#include <pthread.h>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -27,8 +31,19 @@ struct Cache {
 
 // Never destroyed: a NumPy array that owns a block may be collected after static destructors
 // have run (at interpreter exit); what the cache holds then is still reachable, not leaked.
+//
+// fork: a child has only the thread that forked, so a lock another thread held at that moment
+// would stay locked in it for ever (and the list could be half-changed). The atfork handlers
+// make that impossible by construction: fork takes the lock first (waiting for whoever holds
+// it, for no longer than one list update: nothing blocks under it), and the parent and the
+// child each release it, the child then holding a consistent list.
 Cache& cache() {
-  static Cache* c = new Cache;
+  static Cache* c = [] {
+    Cache* created = new Cache;
+    pthread_atfork([] { cache().m.lock(); }, [] { cache().m.unlock(); },
+                   [] { cache().m.unlock(); });
+    return created;
+  }();
   return *c;
 }
 
@@ -93,6 +108,12 @@ void release_block(Block b) noexcept {
     }
     c.free.erase(c.free.begin(), c.free.begin() + static_cast<std::ptrdiff_t>(drop));
   }
+}
+
+void hold_block_cache(double seconds) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.m);
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 
 size_t cached_block_bytes() noexcept {

@@ -38,5 +38,7 @@ Block allocate_block(size_t bytes);
 void release_block(Block b) noexcept;
 // Bytes held for reuse now (for tests).
 size_t cached_block_bytes() noexcept;
+// Holds the cache's lock for `seconds` (for tests: a fork while another thread holds it).
+void hold_block_cache(double seconds);
 
 }  // namespace fastrnn::cpu
