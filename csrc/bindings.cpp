@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -209,6 +210,110 @@ py::tuple backward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H
   return py::make_tuple(dx, dh0, dc0 ? py::object(*dc0) : py::none(), dlist);
 }
 
+// A prepared network (fastrnn.prepare): its weights, which the Python object owns and never
+// writes, and their packed panels (PackedWeights), kept between calls. forward runs a whole
+// inference call; step runs one time step of every layer (unidirectional stacks) into arrays
+// the caller gives, which may be the state arrays themselves (each layer reads its h0, c0
+// before it writes h_n, c_n). Calls on one object take turns (a mutex, taken without the GIL).
+template <class T>
+class Prepared {
+ public:
+  Prepared(int cell_id, std::vector<Arr<T>> weights, int64_t I, int64_t H, int64_t P, bool bias,
+           int L, int D)
+      : cell_(CellKind(cell_id)), I_(I), H_(H), P_(P), L_(L), D_(D), weights_(std::move(weights)),
+        packed_(size_t(L) * size_t(D)) {
+    if (L < 1 || (D != 1 && D != 2) || H < 1 || I < 0 || P < 0)
+      throw std::invalid_argument("prepare: sizes out of range");
+    w_ = split_weights(weights_, bias, RnnShape{0, 0, I, H, P}, gate_count(cell_), L, D);
+  }
+
+  py::tuple forward(Arr<T> x, Arr<T> h0, std::optional<Arr<T>> c0,
+                    std::optional<Arr<int64_t>> lengths) {
+    const RnnShape s = shape(x);
+    const int64_t LD = int64_t(L_) * D_;
+    expect_shape(x, {s.T, s.B, I_}, "x");
+    expect_shape(h0, {LD, s.B, s.hout()}, "h0");
+    check_c(c0, {LD, s.B, H_}, "c0");
+    if (lengths) expect_shape(*lengths, {s.B}, "lengths");
+    Arr<T> y = new_array<T>({s.T, s.B, D_ * s.hout()}), h_n({LD, s.B, s.hout()});
+    std::optional<Arr<T>> c_n;
+    if (has_c()) c_n = Arr<T>({LD, s.B, H_});
+    run(s, x.data(), h0.data(), opt_ptr(c0), lengths ? lengths->data() : nullptr,
+        y.mutable_data(), h_n.mutable_data(), c_n ? c_n->mutable_data() : nullptr);
+    return py::make_tuple(y, h_n, c_n ? py::object(*c_n) : py::none());
+  }
+
+  void step(Arr<T> x, Arr<T> h, std::optional<Arr<T>> c, Arr<T> h_out,
+            std::optional<Arr<T>> c_out) {
+    if (D_ != 1) throw std::invalid_argument("step: a bidirectional network has no step");
+    if (x.ndim() != 2) throw std::invalid_argument("x: expected 2 dimensions (B, I)");
+    const int64_t B = x.shape(0);
+    const RnnShape s{1, B, I_, H_, P_};
+    expect_shape(x, {B, I_}, "x");
+    expect_shape(h, {L_, B, s.hout()}, "h");
+    expect_shape(h_out, {L_, B, s.hout()}, "out[0]");
+    check_c(c, {L_, B, H_}, "c");
+    check_c(c_out, {L_, B, H_}, "out[1]");
+    run(s, x.data(), h.data(), opt_ptr(c), nullptr, nullptr, h_out.mutable_data(),
+        c_out ? c_out->mutable_data() : nullptr);
+  }
+
+ private:
+  bool has_c() const { return cell_ == CellKind::kLstm; }
+  RnnShape shape(const Arr<T>& x) const {
+    if (x.ndim() != 3) throw std::invalid_argument("x: expected 3 dimensions (T, B, I)");
+    return RnnShape{x.shape(0), x.shape(1), I_, H_, P_};
+  }
+  void check_c(const std::optional<Arr<T>>& c, std::vector<int64_t> dims, const char* name) {
+    if (has_c() != bool(c)) throw std::invalid_argument(std::string(name) + ": expected only for LSTM");
+    if (c) expect_shape(*c, std::move(dims), name);
+  }
+  // y == nullptr: a step, whose y is the last layer's h (kept in y_, not returned)
+  void run(const RnnShape& s, const T* x, const T* h0, const T* c0, const int64_t* lengths,
+           T* y, T* h_n, T* c_n) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(m_);
+    if (!y) {
+      y_.resize(size_t(s.B * s.hout()));
+      y = y_.data();
+    }
+    StackForwardParams<T> p;
+    p.cell = cell_;
+    p.shape = s;
+    p.L = L_;
+    p.D = D_;
+    p.lengths = lengths;
+    p.x = x;
+    p.w = w_.data();
+    p.h0 = h0;
+    p.c0 = c0;
+    p.y = y;
+    p.h_n = h_n;
+    p.c_n = c_n;
+    p.packed = packed_.data();
+    p.workspace = &workspace_;
+    cpu::forward_stack<T>(p);
+  }
+
+  CellKind cell_;
+  int64_t I_, H_, P_;
+  int L_, D_;
+  std::vector<Arr<T>> weights_;  // keeps the arrays w_ points into alive
+  std::vector<RnnWeights<T>> w_;
+  std::vector<PackedWeights> packed_;  // [L*D]
+  Workspace workspace_;
+  std::vector<T> y_;
+  std::mutex m_;
+};
+
+template <class T>
+void bind_prepared(py::module_& m, const char* name) {
+  py::class_<Prepared<T>>(m, name)
+      .def(py::init<int, std::vector<Arr<T>>, int64_t, int64_t, int64_t, bool, int, int>())
+      .def("forward", &Prepared<T>::forward)
+      .def("step", &Prepared<T>::step);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -229,6 +334,8 @@ PYBIND11_MODULE(_core, m) {
                                int L, int D) {
     return stack_reserve_elements(CellKind(cell), RnnShape{T, B, I, H, P}, L, D);
   });
+  bind_prepared<float>(m, "PreparedFloat32");
+  bind_prepared<double>(m, "PreparedFloat64");
   m.def("simd_level", &cpu::simd_level);
   m.def("cached_block_bytes", &cpu::cached_block_bytes);
   m.def("blas_info", &cpu::blas_info);

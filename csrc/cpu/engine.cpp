@@ -50,23 +50,51 @@ int64_t stack_reserve_elements(CellKind cell, const RnnShape& s, int L, int D) {
   return int64_t(L) * D * reserve_elements(cell, s) + int64_t(L - 1) * s.T * s.B * D * s.hout();
 }
 
+void Workspace::release() {
+  cpu::release_block({data, capacity});
+  data = nullptr, capacity = 0, used = 0, wanted = 0;
+}
+
+void PackedWeights::release() {
+  for (Form& f : forms) {
+    cpu::release_block({f.data, f.capacity});
+    f = Form{};
+  }
+}
+
 namespace cpu {
 namespace {
 
 struct FreeBlock {
-  size_t capacity = 0;
-  void operator()(void* p) const { release_block(Block{p, capacity}); }
+  size_t capacity = 0;  // 0: a piece of a Workspace, which the workspace keeps
+  void operator()(void* p) const {
+    if (capacity) release_block(Block{p, capacity});
+  }
 };
 template <class E>
 using Scratch = std::unique_ptr<E[], FreeBlock>;
 
+// The workspace of the call running on this thread (forward_stack's WorkspaceScope), or none.
+thread_local Workspace* tl_workspace = nullptr;
+
 // Uninitialised scratch of n elements (n may be 0); std::bad_alloc when it cannot be had.
-// Blocks of 256 KiB and more come from cpu/blocks.h, kept between calls.
+// From the call's Workspace where it has room; otherwise blocks of 256 KiB and more come
+// from cpu/blocks.h, kept between calls.
 template <class E>
 Scratch<E> scratch(int64_t n) {
   const uint64_t count = static_cast<uint64_t>(std::max<int64_t>(n, 1));
   if (count > SIZE_MAX / 2 / sizeof(E)) throw std::bad_alloc();  // the byte count would overflow
-  const Block b = allocate_block(sizeof(E) * static_cast<size_t>(count));
+  const size_t bytes = sizeof(E) * static_cast<size_t>(count);
+  if (Workspace* ws = tl_workspace) {
+    const size_t piece = (bytes + 63) / 64 * 64;  // every piece 64-byte aligned
+    ws->wanted += piece;
+    if (ws->used + piece <= ws->capacity) {
+      E* p = reinterpret_cast<E*>(static_cast<char*>(ws->data) + ws->used);
+      ws->used += piece;
+      return Scratch<E>(p, FreeBlock{0});
+    }
+  }
+  const Block b = allocate_block(bytes);
   return Scratch<E>(static_cast<E*>(b.p), FreeBlock{b.capacity});
 }
 template <class E>
@@ -138,6 +166,15 @@ void add_column_sums(const T* a, int64_t rows, int64_t ld, int64_t n, T* part, d
 // GRU, at 1 thread level).
 // ---------------------------------------------------------------------------------------
 constexpr int64_t kStackedMinRows = 4;
+// Whether a call packs panels for itself (kept panels, PackedWeights, are always used): it
+// pays when the steps read the weights more often than packing does, once. From 4 rows BLAS's
+// own gemm packs the weights every step, so packing once pays from 2 steps; below, BLAS runs
+// gemv on the weights in place, and packing (a transposing copy, ~190 us for the 2 MiB of a
+// H = I = 256 LSTM, against 12-20 us a step saved) pays from about 16 row-steps. Several
+// threads pack either way: BLAS needs a thread's rows together.
+bool packs_panels(int64_t T, int64_t B, int threads) {
+  return threads > 1 || T * B >= 16 || (B >= kStackedMinRows && T >= 2);
+}
 
 template <class T>
 bool use_panels(int64_t rows) {
@@ -198,14 +235,14 @@ void pack_panels(const StepWeights<T>& b, T* out, int64_t k0 = 0, int64_t k_tota
 }
 
 // The operand B [K, N] of a thread's per-step products (see StepWeights; block = N unless
-// given), packed into `panels` when use_panels(rows).
+// given), in `panels` when given (nullptr: BLAS reads w), packed there unless they hold it
+// already (pack = false: a prepared network's panels, PackedWeights).
 template <class T>
 StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int64_t N,
-                            int64_t rows, T* panels, int64_t block = 0,
-                            int64_t block_stride = 0) {
+                            T* panels, bool pack, int64_t block = 0, int64_t block_stride = 0) {
   StepWeights<T> s{w, ldw, trans, K, N, block ? block : N, block ? block_stride : N, nullptr};
-  if (use_panels<T>(rows) && N > 0) {
-    pack_panels(s, panels);
+  if (panels && N > 0) {
+    if (pack) pack_panels(s, panels);
     s.panels = panels;
   }
   return s;
@@ -216,10 +253,12 @@ StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int6
 // set of panels I + Ho deep. Only where use_panels holds: BLAS has no stacked form.
 template <class T>
 StepWeights<T> stacked_step_weights(const T* w_ih, int64_t I, const T* w_hh, int64_t Ho,
-                                    int64_t N, int64_t block, int64_t H, T* panels) {
-  pack_panels(StepWeights<T>{w_ih, I, true, I, N, block, H}, panels, 0, I + Ho);
+                                    int64_t N, int64_t block, int64_t H, T* panels, bool pack) {
   StepWeights<T> s{w_hh, Ho, true, Ho, N, block, H, panels, I};
-  pack_panels(s, panels, I, I + Ho);
+  if (pack) {
+    pack_panels(StepWeights<T>{w_ih, I, true, I, N, block, H}, panels, 0, I + Ho);
+    pack_panels(s, panels, I, I + Ho);
+  }
   return s;
 }
 
@@ -295,8 +334,9 @@ void forward_cell(const ForwardParams<T>& p) {
   // products, with ah's r and z columns left at 0.
   constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
-  const bool panels = use_panels<T>(B);
-  const bool stacked = !kTwoPhase && panels && B >= kStackedMinRows;
+  const bool panels = use_panels<T>(B) && (p.packed || packs_panels(T_, B, pool.size()));
+  // one step reads W_ih once whatever it does: in one product with W_hh, as from 4 rows
+  const bool stacked = !kTwoPhase && panels && (B >= kStackedMinRows || T_ == 1);
   const bool n_apart = stacked && !kSummed;  // GRU
   // What a thread keeps per hidden unit it owns: its packed rows of W_ih and of W_hh (these
   // only for BLAS: the panels below read W_hh in place), and its columns of the input and
@@ -319,8 +359,22 @@ void forward_cell(const ForwardParams<T>& p) {
       ps_n{H, two_parts ? H : 0}, ps_in{I, n_apart ? H : 0}, ps_hr{H, projected ? P : 0};
   const int64_t n_pan_hh = ps_hh.floats(max_threads), n_pan_n = ps_n.floats(max_threads),
                 n_pan_in = ps_in.floats(max_threads);
-  auto panel_buf =
-      scratch<T>(panels ? n_pan_hh + n_pan_n + n_pan_in + ps_hr.floats(max_threads) : 0);
+  const int64_t panel_floats = panels ? n_pan_hh + n_pan_n + n_pan_in + ps_hr.floats(max_threads) : 0;
+  // A prepared network's panels (PackedWeights) are packed again only when what they were
+  // packed for has changed; otherwise this call packs its own.
+  PackedWeights::Form* kept = panels && p.packed ? &p.packed->forms[stacked ? 1 : 0] : nullptr;
+  const bool reuse = kept && kept->ready && kept->threads == max_threads &&
+                     kept->floats == panel_floats;
+  if (kept && !reuse) {
+    release_block({kept->data, kept->capacity});
+    *kept = PackedWeights::Form{};
+    const Block block = allocate_block(sizeof(T) * size_t(panel_floats));  // 64-byte aligned
+    kept->data = block.p, kept->capacity = block.capacity;
+    kept->floats = panel_floats, kept->threads = max_threads;
+  }
+  auto panel_buf = scratch<T>(panels && !kept ? panel_floats : 0);
+  T* const panel_base = !panels ? nullptr : kept ? static_cast<T*>(kept->data) : panel_buf.get();
+  const bool pack = !reuse;
 
   pool.run(max_threads, [&](int tid, int nt) {
     int64_t j0, j1, p0 = 0, p1 = 0;
@@ -349,27 +403,31 @@ void forward_cell(const ForwardParams<T>& p) {
     // or every hs rows of the copy
     const T* w_hh = copy_hh ? packed_hh : p.w.w_hh + j0 * Ho;
     const int64_t gate_rows = copy_hh ? hs : H;
-    T* pan = panel_buf.get();
+    T* pan = panel_base;
+    auto at = [&](const PanelSpace& ps, int64_t offset, int64_t n0) {
+      return pan ? ps.at(pan + offset, n0, tid) : nullptr;
+    };
     const int64_t n_stacked = two_parts ? 2 * hs : Gs;  // my columns of rec
-    T* rec_panels = ps_hh.at(pan, (two_parts ? 2 : G) * j0, tid);
+    T* rec_panels = at(ps_hh, 0, (two_parts ? 2 : G) * j0);
     const StepWeights<T> rec =
-        stacked ? stacked_step_weights(p.w.w_ih + j0 * I, I, w_hh, Ho, n_stacked, hs, H, rec_panels)
-                : step_weights(w_hh, Ho, true, Ho, n_stacked, B, rec_panels, hs, gate_rows);
+        stacked ? stacked_step_weights(p.w.w_ih + j0 * I, I, w_hh, Ho, n_stacked, hs, H,
+                                       rec_panels, pack)
+                : step_weights(w_hh, Ho, true, Ho, n_stacked, rec_panels, pack, hs, gate_rows);
     // two-phase cells and GRU: W_hn's rows [j0, j1), and GRU's W_in; projection: W_hr's
     // rows [p0, p1)
     StepWeights<T> rec_n, in_n, proj;
     if (two_parts)
-      rec_n = step_weights(w_hh + 2 * gate_rows * Ho, Ho, true, H, hs, B,
-                           ps_n.at(pan + n_pan_hh, j0, tid));
+      rec_n = step_weights(w_hh + 2 * gate_rows * Ho, Ho, true, H, hs,
+                           at(ps_n, n_pan_hh, j0), pack);
     if (n_apart) {
-      in_n = step_weights(p.w.w_ih + (2 * H + j0) * I, I, true, I, hs, B,
-                          ps_in.at(pan + n_pan_hh + n_pan_n, j0, tid));
+      in_n = step_weights(p.w.w_ih + (2 * H + j0) * I, I, true, I, hs,
+                          at(ps_in, n_pan_hh + n_pan_n, j0), pack);
       for (int64_t b = 0; b < B; ++b)  // ah's r and z columns: no product writes them
         std::fill_n(ah + b * Gs, 2 * hs, T(0));
     }
     if (projected)
-      proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0, B,
-                          ps_hr.at(pan + n_pan_hh + n_pan_n + n_pan_in, p0, tid));
+      proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0,
+                          at(ps_hr, n_pan_hh + n_pan_n + n_pan_in, p0), pack);
     int64_t lo = 0, hi = 0;  // time steps [lo, hi) currently projected in ax
 
     for (int64_t n = 0; n < T_; ++n) {
@@ -459,6 +517,7 @@ void forward_cell(const ForwardParams<T>& p) {
       pool.barrier();  // h_t complete for every thread
     }
   });
+  if (kept) kept->ready = true;
   copy_n(p.h_n, h_at(last), B * Ho);
   if constexpr (Cell::kHasCellState) copy_n(p.c_n, c_at(last), B * H);
 }
@@ -535,12 +594,13 @@ void backward_cell(const BackwardParams<T>& p) {
     T* pan = panel_buf.get();
     T* part = bias_part.get() + j0;  // [hs]
     const int64_t d0 = projected ? p0 : j0, d1 = projected ? p1 : j1;  // my columns of dh
-    const StepWeights<T> rec = step_weights(p.w.w_hh + d0, Ho, false, ps_dh.K, d1 - d0, B,
-                                            ps_dh.at(pan, d0, tid));
+    const StepWeights<T> rec = step_weights(p.w.w_hh + d0, Ho, false, ps_dh.K, d1 - d0,
+                                            panels ? ps_dh.at(pan, d0, tid) : nullptr, true);
     StepWeights<T> rec_2;  // two-phase: W_hn's columns [j0, j1); projection: W_hr's
     if (kTwoPhase || projected)
       rec_2 = step_weights(kTwoPhase ? p.w.w_hh + 2 * H * H + j0 : p.w.w_hr + j0, H, false,
-                           ps_2.K, hs, B, ps_2.at(pan + n_pan_dh, j0, tid));
+                           ps_2.K, hs, panels ? ps_2.at(pan + n_pan_dh, j0, tid) : nullptr,
+                           true);
 
     for (int64_t n = 0; n < T_; ++n) {
       const int64_t t = rev ? n : T_ - 1 - n;  // the forward's order, reversed
@@ -723,8 +783,39 @@ void forward_stack_in_chunks(const StackForwardParams<T>& p, int64_t Tc) {
   if (p.c0) copy_n(p.c_n, c.get() + in * LBH, LBH);
 }
 
+// A call's use of a Workspace: its scratch comes from there while the scope lives (on this
+// thread: the pool's threads allocate nothing), and at its end the workspace grows to what
+// the call asked for, so that the next call of this shape finds it all there.
+class WorkspaceScope {
+ public:
+  explicit WorkspaceScope(Workspace* ws) : ws_(ws) {
+    if (!ws_) return;
+    ws_->used = ws_->wanted = 0;
+    tl_workspace = ws_;
+  }
+  ~WorkspaceScope() {
+    if (!ws_) return;
+    tl_workspace = nullptr;
+    if (const size_t wanted = ws_->wanted; wanted > ws_->capacity) {
+      ws_->release();
+      try {
+        const Block b = allocate_block(wanted);
+        ws_->data = b.p, ws_->capacity = b.capacity;
+      } catch (const std::bad_alloc&) {  // the next call allocates its scratch as usual
+      }
+    }
+    ws_->used = ws_->wanted = 0;
+  }
+  WorkspaceScope(const WorkspaceScope&) = delete;
+  WorkspaceScope& operator=(const WorkspaceScope&) = delete;
+
+ private:
+  Workspace* ws_;
+};
+
 template <class T>
 void forward_stack(const StackForwardParams<T>& p) {
+  WorkspaceScope scope(p.workspace);
   const int64_t Tc = projection_chunk(p.shape.T, p.shape.B);
   if (p.reserve == nullptr && p.L > 1 && p.D == 1 && Tc < p.shape.T) {
     forward_stack_in_chunks(p, Tc);

@@ -134,7 +134,7 @@ void ThreadPool::set_size(int n) {
 
 void ThreadPool::worker(int tid, uint64_t seen) {
   for (;;) {
-    const std::function<void(int, int)>* job;
+    const RegionFn* job;
     int n;
     spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; },
                oversubscribed_.load() ? kOversubscribedSpin : kLinger);
@@ -157,7 +157,7 @@ void ThreadPool::worker(int tid, uint64_t seen) {
   }
 }
 
-void ThreadPool::run(int max_threads, const std::function<void(int, int)>& fn) {
+void ThreadPool::run(int max_threads, const RegionFn& fn) {
   std::unique_lock<std::mutex> region(region_);  // fn must not call run(): not reentrant
   const int n = std::min(size(), std::max(max_threads, 1));
   if (n == 1) {  // nothing to share: this thread alone

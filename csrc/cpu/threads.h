@@ -16,12 +16,29 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
+#include <type_traits>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 namespace fastrnn::cpu {
+
+// A reference to the callable fn(tid, n) a region runs: what run() needs of it, without the
+// heap allocation std::function makes for a closure of many references (one a call, and a
+// prepared network's step allocates nothing). It must outlive the run() it is given to, as a
+// temporary lambda in the call does.
+class RegionFn {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, RegionFn>>>
+  RegionFn(F&& f)  // NOLINT: implicit, so that run(n, [&](int tid, int nt) {...}) reads as before
+      : obj_(const_cast<void*>(static_cast<const void*>(&f))),
+        call_([](void* o, int tid, int n) { (*static_cast<std::remove_reference_t<F>*>(o))(tid, n); }) {}
+  void operator()(int tid, int n) const { call_(obj_, tid, n); }
+
+ private:
+  void* obj_;
+  void (*call_)(void*, int, int);
+};
 
 class ThreadPool {
  public:
@@ -33,7 +50,7 @@ class ThreadPool {
   // Run fn(tid, n) on n = min(size(), max_threads) threads and return when all are done.
   // Pass max_threads = the size() that per-thread buffers were allocated for. Not
   // reentrant: fn must not call run().
-  void run(int max_threads, const std::function<void(int, int)>& fn);
+  void run(int max_threads, const RegionFn& fn);
 
   // Inside run(): wait until every thread of the region has arrived.
   void barrier();
@@ -56,7 +73,7 @@ class ThreadPool {
   // dispatch of a region to the workers
   std::mutex m_;
   std::condition_variable cv_;
-  const std::function<void(int, int)>* job_ = nullptr;
+  const RegionFn* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};  // written under m_; read lock-free by lingering workers
   int active_ = 1;       // threads in the current region
   bool quit_ = false;

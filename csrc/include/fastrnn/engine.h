@@ -8,10 +8,59 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "fastrnn/problem.h"
 
 namespace fastrnn {
+
+// The per-step weights of one layer-direction in the CPU engine's packed form (the panels of
+// cpu/panel_gemm.h), kept between calls by a prepared network (fastrnn.prepare). There are
+// two forms: stacked ([W_ih | W_hh] in one set of panels, for batches of 4 rows and more, and
+// for one-step calls) and apart (W_hh alone, the input projection then being one GEMM over
+// many steps). A forward packs the form it needs on its first call, and again only when the
+// thread count it was packed for changes; later calls read it. Owned by the caller, who must
+// not run two calls with the same PackedWeights at once, nor change the weights it was packed
+// from.
+struct PackedWeights {
+  struct Form {
+    void* data = nullptr;  // [floats] of the call's dtype, 64-byte aligned
+    size_t capacity = 0;   // bytes allocated for data
+    int64_t floats = 0;
+    int threads = 0;       // what it was packed for
+    bool ready = false;
+  };
+  Form forms[2];           // [0] apart, [1] stacked
+  void release();          // frees both (also done by the destructor)
+  PackedWeights() = default;
+  PackedWeights(const PackedWeights&) = delete;
+  PackedWeights& operator=(const PackedWeights&) = delete;
+  PackedWeights(PackedWeights&& o) noexcept { *this = std::move(o); }
+  PackedWeights& operator=(PackedWeights&& o) noexcept {
+    if (this != &o) {
+      release();
+      for (int k = 0; k < 2; ++k) forms[k] = o.forms[k], o.forms[k] = Form{};
+    }
+    return *this;
+  }
+  ~PackedWeights() { release(); }
+};
+
+// Scratch memory kept between calls by a prepared network: while a call runs with it, the
+// engine's scratch requests are served from it one after another, and a call that asked for
+// more than it held makes it grow (once, after the call) to what was asked. Calls of the same
+// shape then allocate nothing. One call at a time; owned by the caller.
+struct Workspace {
+  void* data = nullptr;  // [capacity] bytes, 64-byte aligned
+  size_t capacity = 0;
+  size_t used = 0;       // during a call: bytes handed out from data
+  size_t wanted = 0;     // during a call: bytes asked for in all
+  void release();        // frees data (also done by the destructor)
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  ~Workspace() { release(); }
+};
 
 template <class T>
 struct ForwardParams {
@@ -34,6 +83,8 @@ struct ForwardParams {
   T* reserve = nullptr;            // [reserve_elements(cell, shape)] written when training;
                                    // nullptr = inference (nothing per step is kept). Pass it
                                    // unchanged to backward; it must outlive that call.
+  PackedWeights* packed = nullptr;  // read/written: w packed once and kept (see above);
+                                    // nullptr = packed for this call alone, or not at all
 };
 
 template <class T>
@@ -81,6 +132,9 @@ struct StackForwardParams {
   T* c_n = nullptr;                // [L*D, B, H] written; LSTM only
   T* reserve = nullptr;            // [stack_reserve_elements(...)] written when training;
                                    // nullptr = inference. Pass unchanged to backward.
+  PackedWeights* packed = nullptr;  // [L*D] read/written, as ForwardParams; nullptr = none
+  Workspace* workspace = nullptr;   // read/written: the call's scratch (see above); nullptr =
+                                    // scratch allocated for this call
 };
 
 template <class T>

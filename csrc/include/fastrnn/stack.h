@@ -56,6 +56,7 @@ void run_forward_stack(const StackForwardParams<T>& p, ReserveOf reserve_of, T* 
       f.h_n = p.h_n + k * B * Ho;
       f.c_n = p.c_n ? p.c_n + k * B * H : nullptr;
       f.reserve = reserve_of(k);
+      f.packed = p.packed ? p.packed + k : nullptr;
       run_layer(f);
     }
     if (training && p.dropout > 0.0 && l < L - 1) dropout(out, TBDH, l);
