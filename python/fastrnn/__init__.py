@@ -15,10 +15,12 @@ from ._api import (
     rnn_forward,
 )
 from ._backends import backends, set_num_threads
+from ._prepared import PreparedNetwork, prepare
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PreparedNetwork",
     "RNNGrads",
     "RNNOutput",
     "backends",
@@ -26,6 +28,7 @@ __all__ = [
     "gru_forward",
     "lstm_backward",
     "lstm_forward",
+    "prepare",
     "rnn_backward",
     "rnn_forward",
     "set_num_threads",

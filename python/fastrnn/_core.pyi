@@ -33,6 +33,20 @@ def backward(
 ) -> Tuple[_F, _F, Optional[_F], List[_F]]:
     """Returns (dx, dh0, dc0 or None, weight gradients in the order and shapes of weights)."""
 
+class PreparedFloat32:
+    """A prepared network (fastrnn.prepare): weights it keeps alive and never writes, their
+    packed panels and a scratch workspace, kept between calls; calls take turns (a mutex)."""
+    def __init__(self, cell: int, weights: List[_F], I: int, H: int, P: int, bias: bool,
+                 L: int, D: int) -> None: ...
+    def forward(self, x: _F, h0: _F, c0: Optional[_F], lengths: Optional[_I64]
+                ) -> Tuple[_F, _F, Optional[_F]]:
+        """Inference over x [T,B,I]: (y [T,B,D*Hout], h_n [L*D,B,Hout], c_n or None)."""
+    def step(self, x: _F, h: _F, c: Optional[_F], h_out: _F, c_out: Optional[_F]) -> None:
+        """One step of a unidirectional stack: x [B,I], h [L,B,Hout], c [L,B,H]; writes h_out,
+        c_out (which may be h, c)."""
+
+class PreparedFloat64(PreparedFloat32): ...
+
 def reserve_elements(cell: int, T: int, B: int, I: int, H: int, P: int, L: int, D: int) -> int: ...
 def simd_level() -> str: ...
 def cached_block_bytes() -> int: ...

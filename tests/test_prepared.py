@@ -1,0 +1,337 @@
+# SPDX-License-Identifier: MIT
+"""Prepared networks (fastrnn.prepare, python/fastrnn/_prepared.py): `net(x)` equals the
+functional API's inference call; stepping over a sequence equals one call over it (bitwise
+where both run the same products, else within float rounding); the network owns its weights;
+bad input raises the functional API's errors and changes nothing; a step loop with `out=`
+allocates nothing; threads, thread counts and the reference fallback.
+
+Not here: the speed of steps (`python -m fastrnn bench --streaming`).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastrnn
+from _tolerances import (SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,
+                         assert_within_float32_budget)
+from test_api import VARIANTS, Problem
+from test_reliability import SANITIZED, counting_malloc  # noqa: F401 - a fixture
+
+CPU = fastrnn.backends()["cpu"]["available"]
+needs_cpu = pytest.mark.skipif(not CPU, reason="compiled CPU engine not built")
+BACKENDS = [pytest.param("cpu", marks=needs_cpu), "reference"]
+# float32 steps run the same stacked product per step as a call over T from 4 rows on (AVX2
+# panel GEMM); below, a call projects x for many steps in one GEMM, a step in its own product
+AVX2 = CPU and fastrnn.backends()["cpu"]["simd"] == "avx2+fma"
+
+
+def prepared(p, backend="cpu", **kw):
+    """The network of a test_api Problem."""
+    cell, kwargs = VARIANTS[p.variant]
+    return fastrnn.prepare(cell, p.weights, num_layers=p.L, bidirectional=p.D == 2,
+                           backend=backend, **kwargs, **kw)
+
+
+def functional(p, x=None, **kw):
+    """The functional API's inference call on p (its weights, h0, c0)."""
+    cell, kwargs = VARIANTS[p.variant]
+    fn = getattr(fastrnn, f"{cell}_forward")
+    state = dict(h0=p.h0, c0=p.c0) if cell == "lstm" else dict(h0=p.h0)
+    return fn(p.x if x is None else x, p.weights, **state, num_layers=p.L,
+              bidirectional=p.D == 2, training=False, **kwargs, **kw)
+
+
+def step_through(net, p):
+    """The sequence p.x stepped one time step a call, the state updated in place: (y, h, c)."""
+    h = p.h0.copy()
+    c = None if p.c0 is None else p.c0.copy()
+    ys = []
+    for x_t in p.x:
+        h, c = net.step(x_t, h, c, out=(h, c))
+        ys.append(h[-1].copy())
+    return np.stack(ys), h, c
+
+
+# ----------------------------------------------------------------------------------------------
+# Same results as the functional API
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L,D", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_call_equals_functional_inference(variant, L, D, dtype, backend):
+    """net(x, h0, c0, lengths=..., batch_first=...) gives bitwise the functional API's
+    training=False outputs (the same engine), with and without lengths, both layouts."""
+    p = Problem(variant, T=6, B=5, I=4, H=7, L=L, D=D, dtype=dtype)
+    net = prepared(p, backend)
+    state = dict(h0=p.h0, c0=p.c0) if p.cell == "lstm" else dict(h0=p.h0)
+    for lengths in (None, p.lengths):
+        want = functional(p, lengths=lengths, backend=backend)
+        got = net(p.x, **state, lengths=lengths)
+        got_bf = net(p.x.transpose(1, 0, 2), **state, lengths=lengths, batch_first=True)
+        assert got.saved is None
+        for name in ("y", "h_n", "c_n"):
+            if getattr(want, name) is None:
+                assert getattr(got, name) is None
+                continue
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        np.testing.assert_array_equal(got_bf.y.transpose(1, 0, 2), want.y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 3, 4, 9])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_steps_equal_one_call_over_the_sequence(variant, B, dtype, backend):
+    """Stepping a 2-layer network over T steps gives the outputs, h_n and c_n of one call over
+    the T steps: bitwise where both run the same products (the reference; float32 on the AVX2
+    kernels from 4 rows, one stacked product a step either way), else within float64's
+    same-maths tolerance, or for float32 within the float32 budget against float64."""
+    p = Problem(variant, T=7, B=B, I=5, H=9, L=2, D=1, lengths=None, dtype=dtype)
+    net = prepared(p, backend)
+    want = net(p.x, *((p.h0, p.c0) if p.cell == "lstm" else (p.h0,)))
+    y, h, c = step_through(net, p)
+    got = {"y": y, "h_n": h, "c_n": c}
+    bitwise = backend == "reference" or (dtype == np.float32 and AVX2 and B >= 4)
+    exact = None
+    if dtype == np.float32 and not bitwise:
+        p64 = Problem(variant, T=7, B=B, I=5, H=9, L=2, D=1, lengths=None, dtype=np.float64)
+        exact = functional(p64, x=p.x.astype(np.float64), backend="reference")
+    for name in ("y", "h_n", "c_n"):
+        w = getattr(want, name)
+        if w is None:
+            assert got[name] is None
+        elif bitwise:
+            np.testing.assert_array_equal(got[name], w, err_msg=name)
+        elif dtype == np.float64:
+            assert_close(got[name], w, rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL, name=name)
+        else:  # both within float32's budget of the exact answer
+            assert_within_float32_budget(got[name], w, getattr(exact, name), forward=True, name=name)
+
+
+@needs_cpu
+@pytest.mark.parametrize("variant", ["lstm", "gru", "rnn_relu"])
+def test_step_and_sequence_calls_interleave(variant, restore_threads):
+    """A network used for steps and for whole sequences, at 1 and 2 threads in turn (each
+    change repacks the weights), keeps giving the results of a fresh network at that count."""
+    p = Problem(variant, T=5, B=2, I=6, H=11, L=2, D=1, lengths=None, dtype=np.float32)
+    net = prepared(p)
+    for threads in (1, 2, 1, 2):
+        fastrnn.set_num_threads(threads)
+        fresh = prepared(p)
+        np.testing.assert_array_equal(net(p.x).y, fresh(p.x).y)
+        for a, b in zip(step_through(net, p), step_through(fresh, p)):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+
+@needs_cpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cpu_matches_reference(variant):
+    p = Problem(variant, T=5, B=3, I=4, H=6, L=2, D=1, lengths=None)
+    got, want = step_through(prepared(p), p), step_through(prepared(p, "reference"), p)
+    for a, b, name in zip(got, want, ("y", "h", "c")):
+        if a is not None:
+            assert_close(a, b, rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL, name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the network owns
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_network_owns_its_weights(backend):
+    """Writing into the caller's weights after prepare changes nothing; the network's own
+    copies are read-only and share no memory with the caller's."""
+    p = Problem("lstm", T=4, B=2, I=3, H=5, L=2, D=1, lengths=None)
+    net = prepared(p, backend)
+    before = net(p.x).y
+    for w in p.weights:
+        w[...] = 7.0
+    np.testing.assert_array_equal(net(p.x).y, before)
+    for w in net._flat:
+        assert not w.flags.writeable
+        assert not any(np.shares_memory(w, c) for c in p.weights)
+
+
+def test_attributes_and_repr():
+    p = Problem("lstm_proj", T=2, B=2, I=4, H=6, L=2, D=2, lengths=None, dtype=np.float32)
+    net = prepared(p)
+    assert (net.cell, net.dtype, net.input_size, net.hidden_size, net.proj_size,
+            net.output_size, net.num_layers, net.bidirectional) == (
+        "lstm", np.float32, 4, 6, 3, 3, 2, True)
+    assert "PreparedNetwork lstm input_size=4 hidden_size=6, proj_size=3" in repr(net)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: the functional API's errors, and nothing changed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_steps_raise_and_change_nothing(backend):
+    p = Problem("lstm", T=3, B=2, I=4, H=5, L=2, D=1, lengths=None, dtype=np.float32)
+    net = prepared(p, backend)
+    x_t, h, c = p.x[0], p.h0.copy(), p.c0.copy()
+    want = net.step(x_t, h, c)
+    f32 = np.float32
+    bad = [
+        ((np.zeros((2, 3), f32), h, c), {}, ValueError, r"x_t: expected shape \(B, 4\)"),
+        ((x_t.astype(np.float64), h, c), {}, TypeError, r"x_t: expected dtype float32"),
+        ((x_t, h[:1], c), {}, ValueError, r"h: expected shape \(2, 2, 5\)"),
+        ((x_t, h, None), {}, ValueError, r"c: expected the LSTM's cell state"),
+        ((x_t, h, c.astype(np.float64)), {}, TypeError, r"c: expected dtype float32"),
+        (("text", h, c), {}, TypeError, r"x_t: expected an array"),
+        ((x_t, h, c), {"out": (h,)}, TypeError, r"out: expected a pair"),
+        ((x_t, h, c), {"out": (h.astype(np.float64), c)}, TypeError, r"out\[0\]: expected dtype"),
+        ((x_t, h, c), {"out": (h, np.zeros((2, 2, 4), f32))}, ValueError, r"out\[1\]: expected shape"),
+        ((x_t, h, c), {"out": (h, np.zeros((2, 5, 2), f32).transpose(0, 2, 1))}, ValueError,
+         r"out\[1\]: expected a C-contiguous writable array"),
+        ((x_t, h, c), {"out": (list(h), c)}, TypeError, r"out\[0\]: expected a NumPy array"),
+    ]
+    read_only = c.copy()
+    read_only.setflags(write=False)
+    bad.append(((x_t, h, c), {"out": (h.copy(), read_only)}, ValueError, r"out\[1\]: .*writable"))
+    for args, kw, error, match in bad:
+        snapshot = [a.copy() for a in (x_t, h, c)]
+        with pytest.raises(error, match=match):
+            net.step(*args, **kw)
+        for a, s in zip((x_t, h, c), snapshot):
+            np.testing.assert_array_equal(a, s)
+    got = net.step(x_t, h, c)  # the network is as it was
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_calls_and_options():
+    p = Problem("gru", T=3, B=2, I=4, H=5, L=1, D=1, lengths=None, dtype=np.float32)
+    net = prepared(p)
+    with pytest.raises(ValueError, match=r"c: expected None \(a GRU has no cell state\)"):
+        net.step(p.x[0], p.h0, p.h0)
+    with pytest.raises(ValueError, match=r"x: expected input size 4"):
+        net(np.zeros((3, 2, 5), np.float32))
+    with pytest.raises(TypeError, match=r"x: expected dtype float32"):
+        net(p.x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[0, 3\]"):
+        net(p.x, lengths=[4, 1])
+    with pytest.raises(ValueError, match=r"c0: expected None"):
+        net(p.x, c0=p.h0)
+    bi = prepared(Problem("gru", T=3, B=2, I=4, H=5, L=1, D=2, lengths=None))
+    with pytest.raises(ValueError, match=r"step: a bidirectional network cannot run one step"):
+        bi.step(np.zeros((2, 4)), np.zeros((2, 2, 5)))
+    w = p.weights
+    with pytest.raises(ValueError, match=r"cell: expected one of"):
+        fastrnn.prepare("lstmm", w)
+    with pytest.raises(ValueError, match=r"weights_dtype: expected None .* got 'int8'"):
+        fastrnn.prepare("gru", w, weights_dtype="int8")
+    with pytest.raises(TypeError, match=r"weights: expected a list or tuple"):
+        fastrnn.prepare("gru", w[0])
+    with pytest.raises(ValueError, match=r"weights: expected at least"):
+        fastrnn.prepare("gru", [])
+    with pytest.raises(ValueError, match=r"proj_size: only the LSTM"):
+        fastrnn.prepare("gru", w, proj_size=2)
+    with pytest.raises(ValueError, match=r"weights\[1\] \(w_hh of layer 0\): expected shape"):
+        fastrnn.prepare("gru", [w[0], w[1][:, :3]])
+    with pytest.raises(TypeError, match=r"weights\[1\]: expected dtype float32"):
+        fastrnn.prepare("gru", [w[0], w[1].astype(np.float64)])
+    with pytest.raises(ValueError, match=r"nonlinearity: expected 'tanh' or 'relu'"):
+        fastrnn.prepare("rnn", [np.zeros((5, 4)), np.zeros((5, 5))], nonlinearity="gelu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps allocate nothing; threads
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu)])
+def test_a_step_loop_allocates_no_python_memory(backend):
+    """tracemalloc over 2,000 steps with out=: what is held at the end beyond what was held
+    after the first 100, and the peak, stay under 1 KiB: one array a step would be 2,000 of
+    them (the two state arrays alone are 2 x 512 bytes a step)."""
+    p = Problem("lstm", T=1, B=4, I=16, H=32, L=2, D=1, lengths=None, dtype=np.float32)
+    net = prepared(p, backend)
+    x_t, h, c = p.x[0], p.h0.copy(), p.c0.copy()
+    for _ in range(100):
+        net.step(x_t, h, c, out=(h, c))
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(2000):
+            net.step(x_t, h, c, out=(h, c))
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"traced before {before}, after {after}, peak {peak} bytes")
+    assert after - before < 1024
+    assert peak - before < 1024
+
+
+STEP_MALLOC_SCRIPT = textwrap.dedent("""
+    import ctypes, sys
+    import numpy as np, fastrnn
+    sys.path.insert(0, sys.argv[1])
+    from test_api import Problem
+    fastrnn.set_num_threads(2)
+    counted = ctypes.CDLL(None).counted_allocations
+    for L in (1, 3):
+        p = Problem("lstm", T=1, B=4, I=8, H=16, L=L, D=1, lengths=None, dtype=np.float32)
+        net = fastrnn.prepare("lstm", p.weights, num_layers=L)
+        x_t, h, c = p.x[0], p.h0.copy(), p.c0.copy()
+        for _ in range(10):  # warm: the network packs its weights and sizes its workspace
+            net.step(x_t, h, c, out=(h, c))
+        before = counted()
+        for _ in range(100):
+            net.step(x_t, h, c, out=(h, c))
+        print(counted() - before)
+""")
+
+
+@needs_cpu
+@pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's malloc is the one preloaded")
+def test_the_engine_allocates_nothing_per_step(counting_malloc):
+    """Heap allocations (a counting malloc) of 100 steps of a 1-layer and of a 3-layer LSTM
+    are the same: the engine's scratch comes from the network's workspace, every layer's and
+    every step's (it was 10 a layer: 9 scratch arrays and the region's std::function). What
+    remains is pybind11's conversion of the five array arguments (15 a call, measured)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.run([sys.executable, "-c", STEP_MALLOC_SCRIPT, tests],
+                           env=dict(os.environ, LD_PRELOAD=counting_malloc),
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-3000:]
+    one, three = (int(n) for n in child.stdout.split())
+    print(f"heap allocations in 100 steps: 1 layer {one}, 3 layers {three}")
+    assert one == three, "the engine allocates per layer and step"
+    assert one <= 100 * 20
+
+
+@needs_cpu
+def test_steps_from_several_threads_at_once():
+    """Four threads step one shared network over their own sequences: each gets what it gets
+    alone (calls take turns on the network and on the engine's threads)."""
+    problems = [Problem("gru", T=20, B=3, I=8, H=16, L=2, D=1, lengths=None, seed=s)
+                for s in range(4)]
+    net = prepared(problems[0])
+    want = [step_through(net, p) for p in problems]
+    got, failures = [None] * 4, []
+
+    def run(k):
+        try:
+            got[k] = step_through(net, problems[k])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[0]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g[0], w[0])
+        np.testing.assert_array_equal(g[1], w[1])
