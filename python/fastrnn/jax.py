@@ -15,7 +15,8 @@ are differentiable with respect to `x`, `weights`, `h0` and `c0` (reverse mode: 
 element). `training` only switches inter-layer dropout on, as in the functional API; gradients
 are available either way. Dropout needs an explicit `seed` (JAX has no global random state):
 a Python int, or an integer scalar array (for example drawn from a `jax.random` key) that may
-be traced.
+be traced. They work under JAX's default configuration (64-bit types off, so float32 and int32
+arrays) and with `jax_enable_x64` on (float64 too).
 
 How it is built, and what it costs
 - Each function is a `jax.custom_vjp`. Its primal, forward and backward rules call
@@ -30,7 +31,9 @@ How it is built, and what it costs
   residuals): `_api._saved_to_arrays` turns the functional API's `saved` into plain metadata and
   arrays, and `_api._saved_from_arrays` rebuilds it in the backward callback; nothing is
   recomputed. x and the weights are among those arrays (the functional API keeps its own copy),
-  so a differentiated call holds them twice until backward.
+  so a differentiated call holds them twice until backward. With 64-bit types off, XLA cannot
+  carry an int64 or float64 array; those that _api saves anyway (the int64 lengths) cross as
+  uint32 arrays holding the same bytes (`_carrier`), so backward gets them back bit for bit.
 - `pure_callback` needs the exact shapes and dtypes of its results when the function is traced.
   Outputs follow from the inputs, but the saved arrays (the engine's reserve, or the reference's
   per-step caches when the compiled engine is missing) are the engine's business. They are
@@ -70,9 +73,11 @@ _CELLS = {
 #   dropout   the dropout _api applies (0.0 unless training)
 #   seed      the static seed (int), or None when it is a traced operand
 #   meta      _saved_to_arrays' metadata of a training forward, as JSON
-#   out       ShapeDtypeStructs of (y, h_n[, c_n]); saved: of the saved arrays
+#   out       ShapeDtypeStructs of (y, h_n[, c_n])
+#   saved     the saved arrays as the callbacks carry them (ShapeDtypeStructs, see _carrier)
+#   saved_as  the saved arrays as _api holds them (ShapeDtypeStructs): what backward rebuilds
 _Spec = collections.namedtuple("_Spec", ["cell", "options", "dropout", "training", "seed",
-                                         "meta", "out", "saved", "has_h0", "has_c0"])
+                                         "meta", "out", "saved", "saved_as", "has_h0", "has_c0"])
 
 
 def _struct(a):
@@ -100,6 +105,27 @@ def _probe(cell, options, dropout, seed, x, weights, h0, c0, lengths):
     outs = (out.y, out.h_n) + ((out.c_n,) if cell == "lstm" else ())
     return (json.dumps(meta), tuple(_struct(a) for a in outs),
             tuple(_struct(np.asarray(a)) for a in arrays))
+
+
+def _carrier(struct):
+    """How one saved array crosses XLA between the forward and backward callbacks. With 64-bit
+    types off (JAX's default), XLA cannot hold an int64 or float64 array, and _api saves some
+    whatever the call's dtype (lengths are int64): such an array travels bit for bit as a flat
+    uint32 array of twice its size (`_to_carrier`, `_from_carrier`). Others travel as they are."""
+    if jax.dtypes.canonicalize_dtype(struct.dtype) == struct.dtype:
+        return struct
+    words = int(np.prod(struct.shape, dtype=np.int64)) * struct.dtype.itemsize // 4
+    return jax.ShapeDtypeStruct((words,), np.dtype(np.uint32))
+
+
+def _to_carrier(a, carrier):
+    a = np.ascontiguousarray(a)
+    return a if a.dtype == carrier.dtype else a.reshape(-1).view(np.uint32)
+
+
+def _from_carrier(a, struct):
+    a = np.asarray(a)
+    return a if a.dtype == struct.dtype else a.view(struct.dtype).reshape(struct.shape)
 
 
 def _host(a):
@@ -130,7 +156,7 @@ def _primal_callback(spec, x, weights, h0, c0, lengths, seed):
 def _forward_callback(spec, x, weights, h0, c0, lengths, seed):
     out = _call_forward(spec, True, x, weights, h0, c0, lengths, seed)
     _, arrays = _api._saved_to_arrays(out.saved)
-    return _outputs(spec, out), tuple(np.asarray(a) for a in arrays)
+    return _outputs(spec, out), tuple(_to_carrier(a, c) for a, c in zip(arrays, spec.saved))
 
 
 def _backward_callback(spec, saved, seed, cotangents):
@@ -138,7 +164,7 @@ def _backward_callback(spec, saved, seed, cotangents):
     meta = json.loads(spec.meta)
     if seed is not None:  # a traced seed: the probe's metadata holds a placeholder
         meta["seed"] = int(seed)
-    state = _api._saved_from_arrays(meta, [np.asarray(a) for a in saved])
+    state = _api._saved_from_arrays(meta, [_from_carrier(a, s) for a, s in zip(saved, spec.saved_as)])
     grads = backward(state, *[np.asarray(c) for c in cotangents])
     result = [grads.dx]
     if spec.has_h0:
@@ -214,9 +240,9 @@ def _apply(cell, x, weights, h0, c0, dropout, seed, training, lengths, options):
     structs = (_struct(x), tuple(_struct(w) for w in weights),
                None if h0 is None else _struct(h0), None if c0 is None else _struct(c0),
                None if lengths is None else _struct(lengths))
-    meta, out, saved = _probe(cell, options, dropout, static_seed, *structs)
-    spec = _Spec(cell, options, dropout, training, static_seed, meta, out, saved,
-                 h0 is not None, c0 is not None)
+    meta, out, saved_as = _probe(cell, options, dropout, static_seed, *structs)
+    spec = _Spec(cell, options, dropout, training, static_seed, meta, out,
+                 tuple(_carrier(s) for s in saved_as), saved_as, h0 is not None, c0 is not None)
     return _run(spec, x, weights, h0, c0, lengths, seed_operand)
 
 
