@@ -11,9 +11,12 @@ arrays and int32 lengths and seeds (the autouse fixture `jax_defaults`). The flo
 - under jax.jit: outputs and gradients equal to the NumPy reference (forward and backward);
 - float32, with 64-bit types off and on: every cell and variant, with and without lengths,
   eager and under jit, outputs and gradients bit for bit those of the functional API; jax.vmap;
-- dropout with a traced seed, under jit, grad and vmap;
+- dropout: a traced seed (also negative, also under vmap), no seed needed with one layer, a
+  known seed checked when the function is called;
 - bad input raises the functional API's errors when the function is called, naming the argument.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -290,3 +293,80 @@ def test_dropout_traced_seed_defaults():
     ys = jax.jit(jax.vmap(y, in_axes=(None, None, 0)))(x, weights, jnp.asarray([7, 8]))
     np.testing.assert_array_equal(np.asarray(ys[0]), ref.y)
     np.testing.assert_array_equal(np.asarray(ys[1]), fastrnn.lstm_forward(x, weights, seed=8, **opts).y)
+
+
+@pytest.mark.parametrize("enable_x64", [False, True], ids=["x64_off", "x64_on"])
+def test_negative_traced_seed_is_read_modulo_2_64(enable_x64):
+    """A traced seed has no value to check before the kernel runs: it is read modulo 2**64, as
+    the engine's uint64 reads it (documented in fastrnn.jax), so -3 gives the masks of 2**64 - 3
+    in the output and the gradient, eagerly traced by grad, under jit and under vmap."""
+    jax.config.update("jax_enable_x64", enable_x64)  # jax_defaults restores it
+    x, weights = _two_layers()
+    opts = dict(num_layers=2, dropout=0.5, training=True)
+    ref = fastrnn.lstm_forward(x, weights, seed=2**64 - 3, **opts)
+    dx_ref = fastrnn.lstm_backward(ref.saved, np.ones_like(ref.y)).dx
+
+    def y(seed):
+        return fj.lstm(x, weights, seed=seed, **opts)[0]
+
+    seed = jnp.asarray(-3)  # int32 with 64-bit types off, int64 with them on
+    np.testing.assert_array_equal(np.asarray(jax.jit(y)(seed)), ref.y)
+    ys = jax.vmap(y)(jnp.asarray([-3, 5]))
+    np.testing.assert_array_equal(np.asarray(ys[0]), ref.y)
+    np.testing.assert_array_equal(np.asarray(ys[1]), fastrnn.lstm_forward(x, weights, seed=5, **opts).y)
+    dx = jax.jit(jax.grad(lambda x, s: jnp.sum(fj.lstm(x, weights, seed=s, **opts)[0])))(x, seed)
+    np.testing.assert_array_equal(np.asarray(dx), dx_ref)
+
+
+def test_known_seed_is_checked_when_called():
+    """A seed with a value when the function is called (an int, a NumPy integer or 0-d array, a
+    JAX array that is not traced) is checked then, with the functional API's messages."""
+    x, weights = _two_layers()
+    opts = dict(num_layers=2, dropout=0.5, training=True)
+    for seed in (-3, np.int64(-3), np.array(-3), jnp.asarray(-3)):
+        with pytest.raises(ValueError, match=r"^seed: expected an int >= 0, got -3$"):
+            fj.lstm(x, weights, seed=seed, **opts)
+    with pytest.raises(ValueError, match=r"^seed: expected an int in \[0, 2\*\*64\), got 18446744073709551616$"):
+        fj.lstm(x, weights, seed=2**64, **opts)
+    with pytest.raises(TypeError, match=r"^seed: expected an int >= 0, got bool$"):
+        fj.lstm(x, weights, seed=True, **opts)
+    with pytest.raises(TypeError, match=r"^seed: expected an int or an integer scalar array, got an array of shape \(2,\)"):
+        fj.lstm(x, weights, seed=jnp.asarray([1, 2]), **opts)
+    with pytest.raises(TypeError, match=r"^seed: expected an int or an integer scalar array, got an array of shape \(\) and dtype float32"):
+        fj.lstm(x, weights, seed=jnp.asarray(1.0), **opts)
+    # a NumPy int64 seed past 32 bits is used whole, not wrapped to JAX's int32
+    big = 2**40 + 5
+    want = fastrnn.lstm_forward(x, weights, seed=big, **opts).y
+    for seed in (big, np.int64(big), np.array(big)):
+        np.testing.assert_array_equal(np.asarray(fj.lstm(x, weights, seed=seed, **opts)[0]), want)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_layer_dropout_needs_no_seed(cell):
+    """Dropout acts between layers only: with num_layers=1, dropout=0.5 and training=True need
+    no seed (as the functional API and torch); with two layers they still do."""
+    kw = dict(CASES)[cell] if cell != "lstm" else {}
+    x, weights, h0, c0 = _problem(cell, kw, L=1, D=2, dtype=np.float32, seed=8)
+    opts = dict(bidirectional=True, dropout=0.5, training=True, lengths=[T, 2, 1])
+    dy = np.ones((T, B, 2 * H), np.float32)
+    want_outs, want = _functional(cell, kw, x, weights, h0, c0, dy, **opts)
+    (_, outs), grads = jax.jit(jax.value_and_grad(_loss(cell, kw, dy, **opts),
+                                                  argnums=(0, 1, 2, 3), has_aux=True))(
+        x, weights, h0, c0 if cell == "lstm" else None)
+    _assert_equal_to_functional(cell, outs, grads, want_outs, want, np.float32)
+    x2, weights2, _, _ = _problem(cell, kw, L=2, D=1, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^seed: expected an int or an integer scalar array "
+                                         r"when dropout applies .* got None$"):
+        _call(cell, kw, x2, weights2, None, None, num_layers=2, dropout=0.5, training=True)
+
+
+def test_known_lengths_are_checked_when_called():
+    """Lengths with values when the function is called are checked then (ValueError naming
+    lengths), not inside the kernel's callback; past 32 bits too, though JAX would wrap them."""
+    x, weights, _, _ = _problem("rnn", {}, L=1, D=1, dtype=np.float32)
+    for lengths, bad in (([T, 7, 1], "lengths[1]=7"), (jnp.asarray([T, -1, 1]), "lengths[1]=-1"),
+                         (np.array([T, 1, 2**40]), "lengths[2]=1099511627776")):
+        with pytest.raises(ValueError, match=rf"^lengths: expected values in \[0, {T}\] \(T\), got {re.escape(bad)}$"):
+            fj.rnn(x, weights, lengths=lengths)
+    with pytest.raises(ValueError, match=r"^lengths: expected values in \[0, 5\] \(T\), got lengths\[0\]=6$"):
+        fj.rnn(x.transpose(1, 0, 2), weights, lengths=[6, 1, 1], batch_first=True)
