@@ -13,7 +13,8 @@ arrays and int32 lengths and seeds (the autouse fixture `jax_defaults`). The flo
   eager and under jit, outputs and gradients bit for bit those of the functional API; jax.vmap;
 - dropout: a traced seed (also negative, also under vmap), no seed needed with one layer, a
   known seed checked when the function is called;
-- bad input raises the functional API's errors when the function is called, naming the argument.
+- bad input raises the functional API's errors when the function is called, naming the argument;
+- the functional API gives JAX arrays back for JAX arrays.
 """
 
 import re
@@ -370,3 +371,35 @@ def test_known_lengths_are_checked_when_called():
             fj.rnn(x, weights, lengths=lengths)
     with pytest.raises(ValueError, match=r"^lengths: expected values in \[0, 5\] \(T\), got lengths\[0\]=6$"):
         fj.rnn(x.transpose(1, 0, 2), weights, lengths=[6, 1, 1], batch_first=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functional API on JAX arrays
+
+
+@pytest.mark.parametrize("cell,kw", CASES[:1] + CASES[2:3] + CASES[4:5], ids=lambda v: str(v))
+def test_functional_api_gives_jax_arrays_back(cell, kw):
+    """fastrnn.*_forward / *_backward on JAX arrays return JAX arrays (outputs and every
+    gradient), with the values of the same call on NumPy arrays; NumPy in stays NumPy out."""
+    x, weights, h0, c0 = _problem(cell, kw, L=1, D=1, dtype=np.float32, seed=9)
+    states = (h0, c0) if cell == "lstm" else (h0,)
+    dy = np.ones((T, B, H), np.float32)
+    out_np = _FORWARD[cell](x, weights, *states, training=True, **kw)
+    grads_np = _BACKWARD[cell](out_np.saved, dy)
+    out = _FORWARD[cell](jnp.asarray(x), [jnp.asarray(w) for w in weights],
+                         *[jnp.asarray(s) for s in states], training=True, **kw)
+    grads = _BACKWARD[cell](out.saved, jnp.asarray(dy))
+    got = dict(y=out.y, h_n=out.h_n, dx=grads.dx, dh0=grads.dh0)
+    want = dict(y=out_np.y, h_n=out_np.h_n, dx=grads_np.dx, dh0=grads_np.dh0)
+    if cell == "lstm":
+        got.update(c_n=out.c_n, dc0=grads.dc0)
+        want.update(c_n=out_np.c_n, dc0=grads_np.dc0)
+    got.update({f"dw[{k}]": w for k, w in enumerate(grads.dweights)})
+    want.update({f"dw[{k}]": w for k, w in enumerate(grads_np.dweights)})
+    for name, value in got.items():
+        assert isinstance(value, jax.Array), f"{cell} {name}: {type(value)}"
+        assert value.dtype == jnp.float32, f"{cell} {name}: {value.dtype}"
+        np.testing.assert_array_equal(np.asarray(value), want[name], err_msg=f"{cell} {name}")
+    for name in ("y", "h_n"):
+        assert type(getattr(out_np, name)) is np.ndarray, name
+    assert type(grads_np.dx) is np.ndarray
