@@ -327,13 +327,14 @@ def test_known_seed_is_checked_when_called():
     for seed in (-3, np.int64(-3), np.array(-3), jnp.asarray(-3)):
         with pytest.raises(ValueError, match=r"^seed: expected an int >= 0, got -3$"):
             fj.lstm(x, weights, seed=seed, **opts)
-    with pytest.raises(ValueError, match=r"^seed: expected an int in \[0, 2\*\*64\), got 18446744073709551616$"):
+    with pytest.raises(ValueError, match=rf"^seed: expected an int in \[0, 2\*\*64\), got {2**64}$"):
         fj.lstm(x, weights, seed=2**64, **opts)
     with pytest.raises(TypeError, match=r"^seed: expected an int >= 0, got bool$"):
         fj.lstm(x, weights, seed=True, **opts)
-    with pytest.raises(TypeError, match=r"^seed: expected an int or an integer scalar array, got an array of shape \(2,\)"):
+    expected = r"^seed: expected an int or an integer scalar array, got an array of shape "
+    with pytest.raises(TypeError, match=expected + r"\(2,\) and dtype int32$"):
         fj.lstm(x, weights, seed=jnp.asarray([1, 2]), **opts)
-    with pytest.raises(TypeError, match=r"^seed: expected an int or an integer scalar array, got an array of shape \(\) and dtype float32"):
+    with pytest.raises(TypeError, match=expected + r"\(\) and dtype float32$"):
         fj.lstm(x, weights, seed=jnp.asarray(1.0), **opts)
     # a NumPy int64 seed past 32 bits is used whole, not wrapped to JAX's int32
     big = 2**40 + 5
@@ -367,9 +368,11 @@ def test_known_lengths_are_checked_when_called():
     x, weights, _, _ = _problem("rnn", {}, L=1, D=1, dtype=np.float32)
     for lengths, bad in (([T, 7, 1], "lengths[1]=7"), (jnp.asarray([T, -1, 1]), "lengths[1]=-1"),
                          (np.array([T, 1, 2**40]), "lengths[2]=1099511627776")):
-        with pytest.raises(ValueError, match=rf"^lengths: expected values in \[0, {T}\] \(T\), got {re.escape(bad)}$"):
+        with pytest.raises(ValueError, match=rf"^lengths: expected values in \[0, {T}\] \(T\), "
+                                             rf"got {re.escape(bad)}$"):
             fj.rnn(x, weights, lengths=lengths)
-    with pytest.raises(ValueError, match=r"^lengths: expected values in \[0, 5\] \(T\), got lengths\[0\]=6$"):
+    with pytest.raises(ValueError, match=r"^lengths: expected values in \[0, 5\] \(T\), "
+                                         r"got lengths\[0\]=6$"):
         fj.rnn(x.transpose(1, 0, 2), weights, lengths=[6, 1, 1], batch_first=True)
 
 
