@@ -1,13 +1,23 @@
 # SPDX-License-Identifier: MIT
 """fastrnn.jax: custom_vjp wrappers around the CPU kernels.
 
+Most tests run under JAX's default configuration, as most users do: 64-bit types off, so float32
+arrays and int32 lengths and seeds (the autouse fixture `jax_defaults`). The float64 checks turn
+64-bit types on for themselves (the `x64` fixture); both put the configuration back.
+
 - jax.test_util.check_grads(order=1, modes=("rev",)) in float64 at small odd sizes, for the LSTM
   (with projection), both GRU variants and both RNN activations, with lengths, two layers and
   both directions, through x, every weight and the initial states;
 - under jax.jit: outputs and gradients equal to the NumPy reference (forward and backward);
-- a traced seed with dropout; jax.vmap; float32; bad input raises the functional API's errors
-  when the function is called, naming the argument.
+- float32, with 64-bit types off and on: every cell and variant, with and without lengths,
+  eager and under jit, outputs and gradients bit for bit those of the functional API; jax.vmap;
+- dropout: a traced seed (also negative, also under vmap), no seed needed with one layer, a
+  known seed checked when the function is called;
+- bad input raises the functional API's errors when the function is called, naming the argument;
+- the functional API gives JAX arrays back for JAX arrays.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -28,9 +38,18 @@ CASES = [("lstm", {}), ("lstm", {"proj_size": P}), ("gru", {"linear_before_reset
          ("rnn", {"nonlinearity": "relu"})]
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
+def jax_defaults():
+    """JAX's default configuration (64-bit types off) for every test; restored after it."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture
 def x64():
-    """float64 for the gradient checks; restored after this module."""
+    """64-bit types on, for the float64 checks; restored after the test."""
     before = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
@@ -64,6 +83,7 @@ def _call(cell, kw, x, weights, h0, c0, **options):
     return fn(x, weights, h0, **kw, **options)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("cell,kw", CASES, ids=lambda v: str(v))
 def test_check_grads(cell, kw):
     x, weights, h0, c0 = _problem(cell, kw, L=2, D=2)
@@ -79,6 +99,7 @@ def test_check_grads(cell, kw):
     check_grads(jax.jit(f), args, order=1, modes=("rev",), eps=1e-6)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cell,kw", CASES, ids=lambda v: str(v))
 def test_jit_equals_reference(cell, kw, batch_first):
@@ -114,6 +135,7 @@ def test_jit_equals_reference(cell, kw, batch_first):
         assert_close(a, b, rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL, name=f"{cell} dw[{k}]")
 
 
+@pytest.mark.usefixtures("x64")
 def test_dropout_traced_seed_and_vmap():
     x, weights, h0, c0 = _problem("lstm", {}, L=2, D=1)
 
@@ -140,16 +162,7 @@ def test_dropout_traced_seed_and_vmap():
         assert_close(ys[k], want, rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL, name="vmap")
 
 
-def test_float32():
-    x, weights, h0, c0 = _problem("rnn", {}, L=1, D=1, dtype=np.float32)
-    y, h_n = jax.jit(lambda x, w: fj.rnn(x, w))(x, weights)
-    assert y.dtype == jnp.float32
-    want = fastrnn.rnn_forward(x, weights)
-    np.testing.assert_array_equal(np.asarray(y), want.y)
-    dw = jax.grad(lambda w: jnp.sum(fj.rnn(x, w)[0]))(weights)
-    assert [d.dtype for d in dw] == [jnp.float32] * 4
-
-
+@pytest.mark.usefixtures("x64")
 def test_bad_input_names_the_argument():
     x, weights, h0, c0 = _problem("lstm", {}, L=1, D=1)
     with pytest.raises(ValueError, match=r"^weights\[1\] \(w_hh of layer 0\): expected shape"):
@@ -164,3 +177,232 @@ def test_bad_input_names_the_argument():
         fj.rnn(x, [w[:H] for w in weights], lengths=[1, 2])
     with pytest.raises(ValueError, match=r"^nonlinearity: expected 'tanh' or 'relu'"):
         fj.rnn(x, [w[:H] for w in weights], nonlinearity="gelu")
+
+
+# ----------------------------------------------------------------------------------------------
+# JAX's defaults (64-bit types off): float32, int32 lengths and seeds
+
+
+_FORWARD = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward, "rnn": fastrnn.rnn_forward}
+_BACKWARD = {"lstm": fastrnn.lstm_backward, "gru": fastrnn.gru_backward,
+             "rnn": fastrnn.rnn_backward}
+
+
+def _functional(cell, kw, x, weights, h0, c0, dy, **options):
+    """The functional API's outputs and gradients (NumPy) for the loss sum(y * dy) + sum(h_n)
+    (+ sum(c_n)) that _loss computes."""
+    states = (h0, c0) if cell == "lstm" else (h0,)
+    out = _FORWARD[cell](x, weights, *states, **kw, **{"training": True, **options})
+    finals = [np.ones_like(out.h_n)] + ([np.ones_like(out.c_n)] if cell == "lstm" else [])
+    grads = _BACKWARD[cell](out.saved, dy, *finals)
+    outs = (out.y, out.h_n) + ((out.c_n,) if cell == "lstm" else ())
+    return outs, grads
+
+
+def _loss(cell, kw, dy, **options):
+    def loss(x, weights, h0, c0):
+        outs = _call(cell, kw, x, weights, h0, c0, **options)
+        return jnp.sum(outs[0] * dy) + sum(jnp.sum(o) for o in outs[1:]), outs
+    return loss
+
+
+def _assert_equal_to_functional(cell, got_outs, got_grads, want_outs, want, dtype):
+    """Bit for bit: the JAX function runs the functional API on the same host arrays."""
+    dx, dw, dh0, dc0 = got_grads
+    pairs = [(f"out[{k}]", a, b) for k, (a, b) in enumerate(zip(got_outs, want_outs))]
+    pairs += [("dx", dx, want.dx), ("dh0", dh0, want.dh0)]
+    pairs += [("dc0", dc0, want.dc0)] if cell == "lstm" else []
+    pairs += [(f"dw[{k}]", a, b) for k, (a, b) in enumerate(zip(dw, want.dweights))]
+    assert len(dw) == len(want.dweights) and len(got_outs) == len(want_outs)
+    for name, a, b in pairs:
+        assert a.dtype == dtype, f"{cell} {name}: {a.dtype}"
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=f"{cell} {name}")
+
+
+@pytest.mark.parametrize("enable_x64", [False, True], ids=["x64_off", "x64_on"])
+@pytest.mark.parametrize("lengths", [None, [T, 2, 0]], ids=["no_lengths", "lengths"])
+@pytest.mark.parametrize("cell,kw", CASES, ids=lambda v: str(v))
+def test_float32_every_cell_equals_functional(cell, kw, lengths, enable_x64):
+    """float32 through every cell and variant, two layers, both directions, with and without
+    lengths, eager and under jit, 64-bit types off (JAX's default) and on: outputs and gradients
+    of x, every weight and the initial states are the functional API's, in float32."""
+    jax.config.update("jax_enable_x64", enable_x64)  # jax_defaults restores it
+    x, weights, h0, c0 = _problem(cell, kw, L=2, D=2, dtype=np.float32, seed=3)
+    opts = dict(num_layers=2, bidirectional=True, lengths=lengths)
+    dy = np.random.default_rng(4).standard_normal((T, B, 2 * (kw.get("proj_size") or H)))
+    dy = dy.astype(np.float32)
+    want_outs, want = _functional(cell, kw, x, weights, h0, c0, dy, **opts)
+    grad = jax.value_and_grad(_loss(cell, kw, dy, **opts), argnums=(0, 1, 2, 3), has_aux=True)
+    for how, fn in (("eager", grad), ("jit", jax.jit(grad))):
+        (_, outs), grads = fn(x, weights, h0, c0)
+        _assert_equal_to_functional(cell, outs, grads, want_outs, want, np.float32)
+        print(how, "equal")
+
+
+def test_float32_reference_backend_with_lengths():
+    """The reference engine saves other arrays than the compiled one (per-step caches, int64
+    lengths): its gradients come back too, with 64-bit types off."""
+    x, weights, h0, c0 = _problem("lstm", {}, L=1, D=2, dtype=np.float32, seed=5)
+    opts = dict(bidirectional=True, lengths=[T, 3, 1], backend="reference")
+    dy = np.ones((T, B, 2 * H), np.float32)
+    want_outs, want = _functional("lstm", {}, x, weights, h0, c0, dy, **opts)
+    (_, outs), grads = jax.jit(jax.value_and_grad(_loss("lstm", {}, dy, **opts),
+                                                  argnums=(0, 1, 2, 3), has_aux=True))(
+        x, weights, h0, c0)
+    _assert_equal_to_functional("lstm", outs, grads, want_outs, want, np.float32)
+
+
+def test_float32_vmap_with_lengths_and_grad():
+    """jax.vmap over x, with lengths, of the output and of the gradient, under JAX's defaults."""
+    x, weights, h0, c0 = _problem("gru", {}, L=1, D=1, dtype=np.float32, seed=6)
+    xs = np.stack([x, 2 * x])
+    lengths = jnp.asarray([T, 2, 0])
+    assert lengths.dtype == jnp.int32
+
+    def y_sum(x, weights):
+        return jnp.sum(fj.gru(x, weights, lengths=lengths)[0])
+
+    ys = jax.jit(jax.vmap(lambda x: fj.gru(x, weights, lengths=lengths)[0]))(xs)
+    dxs = jax.jit(jax.vmap(jax.grad(y_sum), in_axes=(0, None)))(xs, weights)
+    for k in range(2):
+        out = fastrnn.gru_forward(xs[k], weights, lengths=[T, 2, 0], training=True)
+        np.testing.assert_array_equal(np.asarray(ys[k]), out.y)
+        want = fastrnn.gru_backward(out.saved, np.ones_like(out.y)).dx
+        np.testing.assert_array_equal(np.asarray(dxs[k]), want)
+
+
+def _two_layers(dtype=np.float32):
+    x, weights, _, _ = _problem("lstm", {}, L=2, D=1, dtype=dtype, seed=7)
+    return x, weights
+
+
+def test_dropout_traced_seed_defaults():
+    """Dropout with a traced int32 seed under JAX's defaults, with lengths: the functional API's
+    masks for that seed, in the output and the gradient, also under vmap over seeds."""
+    x, weights = _two_layers()
+    opts = dict(num_layers=2, dropout=0.5, training=True, lengths=[T, 4, 1])
+
+    def y(x, weights, seed):
+        return fj.lstm(x, weights, seed=seed, **opts)[0]
+
+    seed = jnp.asarray(7)
+    assert seed.dtype == jnp.int32
+    ref = fastrnn.lstm_forward(x, weights, seed=7, **opts)
+    np.testing.assert_array_equal(np.asarray(jax.jit(y)(x, weights, seed)), ref.y)
+    dx = jax.jit(jax.grad(lambda x, w, s: jnp.sum(y(x, w, s))))(x, weights, seed)
+    np.testing.assert_array_equal(np.asarray(dx), fastrnn.lstm_backward(ref.saved, np.ones_like(ref.y)).dx)
+    ys = jax.jit(jax.vmap(y, in_axes=(None, None, 0)))(x, weights, jnp.asarray([7, 8]))
+    np.testing.assert_array_equal(np.asarray(ys[0]), ref.y)
+    np.testing.assert_array_equal(np.asarray(ys[1]), fastrnn.lstm_forward(x, weights, seed=8, **opts).y)
+
+
+@pytest.mark.parametrize("enable_x64", [False, True], ids=["x64_off", "x64_on"])
+def test_negative_traced_seed_is_read_modulo_2_64(enable_x64):
+    """A traced seed has no value to check before the kernel runs: it is read modulo 2**64, as
+    the engine's uint64 reads it (documented in fastrnn.jax), so -3 gives the masks of 2**64 - 3
+    in the output and the gradient, eagerly traced by grad, under jit and under vmap."""
+    jax.config.update("jax_enable_x64", enable_x64)  # jax_defaults restores it
+    x, weights = _two_layers()
+    opts = dict(num_layers=2, dropout=0.5, training=True)
+    ref = fastrnn.lstm_forward(x, weights, seed=2**64 - 3, **opts)
+    dx_ref = fastrnn.lstm_backward(ref.saved, np.ones_like(ref.y)).dx
+
+    def y(seed):
+        return fj.lstm(x, weights, seed=seed, **opts)[0]
+
+    seed = jnp.asarray(-3)  # int32 with 64-bit types off, int64 with them on
+    np.testing.assert_array_equal(np.asarray(jax.jit(y)(seed)), ref.y)
+    ys = jax.vmap(y)(jnp.asarray([-3, 5]))
+    np.testing.assert_array_equal(np.asarray(ys[0]), ref.y)
+    np.testing.assert_array_equal(np.asarray(ys[1]), fastrnn.lstm_forward(x, weights, seed=5, **opts).y)
+    dx = jax.jit(jax.grad(lambda x, s: jnp.sum(fj.lstm(x, weights, seed=s, **opts)[0])))(x, seed)
+    np.testing.assert_array_equal(np.asarray(dx), dx_ref)
+
+
+def test_known_seed_is_checked_when_called():
+    """A seed with a value when the function is called (an int, a NumPy integer or 0-d array, a
+    JAX array that is not traced) is checked then, with the functional API's messages."""
+    x, weights = _two_layers()
+    opts = dict(num_layers=2, dropout=0.5, training=True)
+    for seed in (-3, np.int64(-3), np.array(-3), jnp.asarray(-3)):
+        with pytest.raises(ValueError, match=r"^seed: expected an int >= 0, got -3$"):
+            fj.lstm(x, weights, seed=seed, **opts)
+    with pytest.raises(ValueError, match=rf"^seed: expected an int in \[0, 2\*\*64\), got {2**64}$"):
+        fj.lstm(x, weights, seed=2**64, **opts)
+    with pytest.raises(TypeError, match=r"^seed: expected an int >= 0, got bool$"):
+        fj.lstm(x, weights, seed=True, **opts)
+    expected = r"^seed: expected an int or an integer scalar array, got an array of shape "
+    with pytest.raises(TypeError, match=expected + r"\(2,\) and dtype int32$"):
+        fj.lstm(x, weights, seed=jnp.asarray([1, 2]), **opts)
+    with pytest.raises(TypeError, match=expected + r"\(\) and dtype float32$"):
+        fj.lstm(x, weights, seed=jnp.asarray(1.0), **opts)
+    # a NumPy int64 seed past 32 bits is used whole, not wrapped to JAX's int32
+    big = 2**40 + 5
+    want = fastrnn.lstm_forward(x, weights, seed=big, **opts).y
+    for seed in (big, np.int64(big), np.array(big)):
+        np.testing.assert_array_equal(np.asarray(fj.lstm(x, weights, seed=seed, **opts)[0]), want)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_layer_dropout_needs_no_seed(cell):
+    """Dropout acts between layers only: with num_layers=1, dropout=0.5 and training=True need
+    no seed (as the functional API and torch); with two layers they still do."""
+    kw = dict(CASES)[cell] if cell != "lstm" else {}
+    x, weights, h0, c0 = _problem(cell, kw, L=1, D=2, dtype=np.float32, seed=8)
+    opts = dict(bidirectional=True, dropout=0.5, training=True, lengths=[T, 2, 1])
+    dy = np.ones((T, B, 2 * H), np.float32)
+    want_outs, want = _functional(cell, kw, x, weights, h0, c0, dy, **opts)
+    (_, outs), grads = jax.jit(jax.value_and_grad(_loss(cell, kw, dy, **opts),
+                                                  argnums=(0, 1, 2, 3), has_aux=True))(
+        x, weights, h0, c0 if cell == "lstm" else None)
+    _assert_equal_to_functional(cell, outs, grads, want_outs, want, np.float32)
+    x2, weights2, _, _ = _problem(cell, kw, L=2, D=1, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^seed: expected an int or an integer scalar array "
+                                         r"when dropout applies .* got None$"):
+        _call(cell, kw, x2, weights2, None, None, num_layers=2, dropout=0.5, training=True)
+
+
+def test_known_lengths_are_checked_when_called():
+    """Lengths with values when the function is called are checked then (ValueError naming
+    lengths), not inside the kernel's callback; past 32 bits too, though JAX would wrap them."""
+    x, weights, _, _ = _problem("rnn", {}, L=1, D=1, dtype=np.float32)
+    for lengths, bad in (([T, 7, 1], "lengths[1]=7"), (jnp.asarray([T, -1, 1]), "lengths[1]=-1"),
+                         (np.array([T, 1, 2**40]), "lengths[2]=1099511627776")):
+        with pytest.raises(ValueError, match=rf"^lengths: expected values in \[0, {T}\] \(T\), "
+                                             rf"got {re.escape(bad)}$"):
+            fj.rnn(x, weights, lengths=lengths)
+    with pytest.raises(ValueError, match=r"^lengths: expected values in \[0, 5\] \(T\), "
+                                         r"got lengths\[0\]=6$"):
+        fj.rnn(x.transpose(1, 0, 2), weights, lengths=[6, 1, 1], batch_first=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functional API on JAX arrays
+
+
+@pytest.mark.parametrize("cell,kw", CASES[:1] + CASES[2:3] + CASES[4:5], ids=lambda v: str(v))
+def test_functional_api_gives_jax_arrays_back(cell, kw):
+    """fastrnn.*_forward / *_backward on JAX arrays return JAX arrays (outputs and every
+    gradient), with the values of the same call on NumPy arrays; NumPy in stays NumPy out."""
+    x, weights, h0, c0 = _problem(cell, kw, L=1, D=1, dtype=np.float32, seed=9)
+    states = (h0, c0) if cell == "lstm" else (h0,)
+    dy = np.ones((T, B, H), np.float32)
+    out_np = _FORWARD[cell](x, weights, *states, training=True, **kw)
+    grads_np = _BACKWARD[cell](out_np.saved, dy)
+    out = _FORWARD[cell](jnp.asarray(x), [jnp.asarray(w) for w in weights],
+                         *[jnp.asarray(s) for s in states], training=True, **kw)
+    grads = _BACKWARD[cell](out.saved, jnp.asarray(dy))
+    got = dict(y=out.y, h_n=out.h_n, dx=grads.dx, dh0=grads.dh0)
+    want = dict(y=out_np.y, h_n=out_np.h_n, dx=grads_np.dx, dh0=grads_np.dh0)
+    if cell == "lstm":
+        got.update(c_n=out.c_n, dc0=grads.dc0)
+        want.update(c_n=out_np.c_n, dc0=grads_np.dc0)
+    got.update({f"dw[{k}]": w for k, w in enumerate(grads.dweights)})
+    want.update({f"dw[{k}]": w for k, w in enumerate(grads_np.dweights)})
+    for name, value in got.items():
+        assert isinstance(value, jax.Array), f"{cell} {name}: {type(value)}"
+        assert value.dtype == jnp.float32, f"{cell} {name}: {value.dtype}"
+        np.testing.assert_array_equal(np.asarray(value), want[name], err_msg=f"{cell} {name}")
+    for name in ("y", "h_n"):
+        assert type(getattr(out_np, name)) is np.ndarray, name
+    assert type(grads_np.dx) is np.ndarray

@@ -268,13 +268,17 @@ def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy, as_array=None
 
 def _wrap_like(arr, like):
     """Return arr as the caller's array type: NumPy for NumPy (and buffer) input; for another
-    array library on the host, that library's array through DLPack when it offers from_dlpack."""
+    array library on the host, that library's array through DLPack when it offers from_dlpack.
+    The library is the top module of the array's type (torch.Tensor: `torch`), except for JAX,
+    whose arrays are `jaxlib` types and whose from_dlpack is `jax.numpy`'s."""
     if arr is None or isinstance(like, np.ndarray) or not hasattr(like, "__dlpack__"):
         return arr
     module = type(like).__module__.split(".")[0]
     try:
         import importlib
 
+        if module in ("jax", "jaxlib"):  # jaxlib is only ever imported by jax: jax is loaded
+            module = "jax.numpy"
         from_dlpack = getattr(importlib.import_module(module), "from_dlpack", None)
         return from_dlpack(np.ascontiguousarray(arr)) if from_dlpack else arr
     except Exception:  # noqa: BLE001 - any failure leaves the NumPy result

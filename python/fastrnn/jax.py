@@ -13,9 +13,23 @@ They return `(y, h_n, c_n)` for the LSTM and `(y, h_n)` for the GRU and RNN, as 
 are differentiable with respect to `x`, `weights`, `h0` and `c0` (reverse mode: `jax.grad`,
 `jax.vjp`). They work eagerly, under `jax.jit` and under `jax.vmap` (one kernel call per batch
 element). `training` only switches inter-layer dropout on, as in the functional API; gradients
-are available either way. Dropout needs an explicit `seed` (JAX has no global random state):
-a Python int, or an integer scalar array (for example drawn from a `jax.random` key) that may
-be traced.
+are available either way. They work under JAX's default configuration (64-bit types off, so
+float32 and int32 arrays) and with `jax_enable_x64` on (float64 too).
+
+Dropout and `seed`
+- Dropout acts between layers only, so it applies when `training` is true, `dropout > 0` and
+  `num_layers > 1`. Then it needs an explicit `seed` (JAX has no global random state; the
+  functional API would draw a fresh one): a Python or NumPy int, or an integer scalar array
+  (for example `jax.random.bits(key)`), which may be traced. Where dropout does not apply
+  (`num_layers=1`), `seed` may be left out, as in the functional API and torch.
+- The functional API's seeds are the ints in [0, 2**64), the engine's uint64. A seed known when
+  the function is called (an int, a NumPy integer or 0-d array, a JAX array that is not traced)
+  is checked then, with the functional API's ValueError / TypeError naming `seed`. A traced seed
+  has no value until the kernel runs, and an error raised there would reach the caller as an
+  opaque XLA runtime error; so its value is read modulo 2**64 instead, as the engine's uint64
+  reads it: every int32 / int64 / uint32 / uint64 value is a valid traced seed, and a negative
+  one, s, gives the masks of the seed 2**64 + s (`jax.random.key` also takes any integer).
+  The same value gives the same masks whatever its integer dtype.
 
 How it is built, and what it costs
 - Each function is a `jax.custom_vjp`. Its primal, forward and backward rules call
@@ -30,7 +44,9 @@ How it is built, and what it costs
   residuals): `_api._saved_to_arrays` turns the functional API's `saved` into plain metadata and
   arrays, and `_api._saved_from_arrays` rebuilds it in the backward callback; nothing is
   recomputed. x and the weights are among those arrays (the functional API keeps its own copy),
-  so a differentiated call holds them twice until backward.
+  so a differentiated call holds them twice until backward. With 64-bit types off, XLA cannot
+  carry an int64 or float64 array; those that _api saves anyway (the int64 lengths) cross as
+  uint32 arrays holding the same bytes (`_carrier`), so backward gets them back bit for bit.
 - `pure_callback` needs the exact shapes and dtypes of its results when the function is traced.
   Outputs follow from the inputs, but the saved arrays (the engine's reserve, or the reference's
   per-step caches when the compiled engine is missing) are the engine's business. They are
@@ -40,8 +56,9 @@ How it is built, and what it costs
   computing sizes here would duplicate the engine's reserve layout (or reach into `_core`). The
   probe also validates the arguments, so a wrong shape or dtype raises the functional API's
   ValueError / TypeError, naming the argument, when the function is called or traced, not from
-  inside XLA. Values (lengths in [0, T]) are checked when the kernel runs: an out-of-range
-  length fails there, inside the callback.
+  inside XLA. Values known when the function is called are checked then too (lengths in
+  [0, T], as the seed above); traced lengths are checked when the kernel runs: an out-of-range
+  one fails there, inside the callback, as an XLA runtime error.
 """
 
 import collections
@@ -67,12 +84,14 @@ _CELLS = {
 # Everything static about one call (hashable: it is custom_vjp's non-differentiable argument).
 #   options   sorted (name, value) keyword arguments for _api's forward, except `training`,
 #             `dropout` and `seed`
-#   dropout   the dropout _api applies (0.0 unless training)
+#   dropout   the dropout _api applies: 0.0 unless training with num_layers > 1
 #   seed      the static seed (int), or None when it is a traced operand
 #   meta      _saved_to_arrays' metadata of a training forward, as JSON
-#   out       ShapeDtypeStructs of (y, h_n[, c_n]); saved: of the saved arrays
-_Spec = collections.namedtuple("_Spec", ["cell", "options", "dropout", "training", "seed",
-                                         "meta", "out", "saved", "has_h0", "has_c0"])
+#   out       ShapeDtypeStructs of (y, h_n[, c_n])
+#   saved     the saved arrays as the callbacks carry them (ShapeDtypeStructs, see _carrier)
+#   saved_as  the saved arrays as _api holds them (ShapeDtypeStructs): what backward rebuilds
+_Spec = collections.namedtuple("_Spec", ["cell", "options", "dropout", "seed", "meta", "out",
+                                         "saved", "saved_as", "has_h0", "has_c0"])
 
 
 def _struct(a):
@@ -102,6 +121,32 @@ def _probe(cell, options, dropout, seed, x, weights, h0, c0, lengths):
             tuple(_struct(np.asarray(a)) for a in arrays))
 
 
+def _carrier(struct):
+    """How one saved array crosses XLA between the forward and backward callbacks. With 64-bit
+    types off (JAX's default), XLA cannot hold an int64 or float64 array, and _api saves some
+    whatever the call's dtype (lengths are int64): such an array travels bit for bit as a flat
+    uint32 array of twice its size (`_to_carrier`, `_from_carrier`). Others travel as they are."""
+    if jax.dtypes.canonicalize_dtype(struct.dtype) == struct.dtype:
+        return struct
+    words = int(np.prod(struct.shape, dtype=np.int64)) * struct.dtype.itemsize // 4
+    return jax.ShapeDtypeStruct((words,), np.dtype(np.uint32))
+
+
+def _to_carrier(a, carrier):
+    a = np.ascontiguousarray(a)
+    return a if a.dtype == carrier.dtype else a.reshape(-1).view(np.uint32)
+
+
+def _from_carrier(a, struct):
+    a = np.asarray(a)
+    return a if a.dtype == struct.dtype else a.view(struct.dtype).reshape(struct.shape)
+
+
+def _seed_value(seed):
+    """A traced seed's value as the engine reads it (a uint64): the integer modulo 2**64."""
+    return int(seed) % 2**64
+
+
 def _host(a):
     return None if a is None else np.asarray(a)
 
@@ -111,8 +156,8 @@ def _call_forward(spec, training, x, weights, h0, c0, lengths, seed):
     _, forward, _ = _CELLS[spec.cell]
     c = {"c0": _host(c0)} if spec.cell == "lstm" else {}
     return forward(np.asarray(x), [np.asarray(w) for w in weights], _host(h0), **c,
-                   lengths=_host(lengths), dropout=spec.dropout if spec.training else 0.0,
-                   seed=spec.seed if seed is None else int(seed), training=training,
+                   lengths=_host(lengths), dropout=spec.dropout,
+                   seed=spec.seed if seed is None else _seed_value(seed), training=training,
                    **dict(spec.options))
 
 
@@ -123,22 +168,22 @@ def _outputs(spec, out):
 
 def _primal_callback(spec, x, weights, h0, c0, lengths, seed):
     # training=True only when dropout must apply; nothing is kept for backward
-    out = _call_forward(spec, spec.training and spec.dropout > 0, x, weights, h0, c0, lengths, seed)
+    out = _call_forward(spec, spec.dropout > 0, x, weights, h0, c0, lengths, seed)
     return _outputs(spec, out)
 
 
 def _forward_callback(spec, x, weights, h0, c0, lengths, seed):
     out = _call_forward(spec, True, x, weights, h0, c0, lengths, seed)
     _, arrays = _api._saved_to_arrays(out.saved)
-    return _outputs(spec, out), tuple(np.asarray(a) for a in arrays)
+    return _outputs(spec, out), tuple(_to_carrier(a, c) for a, c in zip(arrays, spec.saved))
 
 
 def _backward_callback(spec, saved, seed, cotangents):
     _, _, backward = _CELLS[spec.cell]
     meta = json.loads(spec.meta)
     if seed is not None:  # a traced seed: the probe's metadata holds a placeholder
-        meta["seed"] = int(seed)
-    state = _api._saved_from_arrays(meta, [np.asarray(a) for a in saved])
+        meta["seed"] = _seed_value(seed)
+    state = _api._saved_from_arrays(meta, [_from_carrier(a, s) for a, s in zip(saved, spec.saved_as)])
     grads = backward(state, *[np.asarray(c) for c in cotangents])
     result = [grads.dx]
     if spec.has_h0:
@@ -185,6 +230,48 @@ def _array(a, name):
         raise TypeError(f"{name}: expected an array, got {type(a).__name__} ({exc})") from None
 
 
+def _seed_option(seed, dropout):
+    """(static seed, traced seed operand): one of them is set. A seed known now (an int, a
+    NumPy integer or 0-d array, a JAX array that is not traced) is checked now, as the functional
+    API checks it; a traced one is read modulo 2**64 when the kernel runs (_seed_value)."""
+    def expected(got):
+        return TypeError(f"seed: expected an int or an integer scalar array, got {got}")
+
+    if seed is None:
+        if dropout > 0:
+            raise ValueError("seed: expected an int or an integer scalar array when dropout "
+                             "applies (dropout > 0, training and num_layers > 1; JAX has no "
+                             "global random state), got None")
+        return 0, None
+    if isinstance(seed, jax.Array):
+        if seed.shape != () or not jnp.issubdtype(seed.dtype, jnp.integer):
+            raise expected(f"an array of shape {seed.shape} and dtype {seed.dtype}")
+        if isinstance(seed, jax.core.Tracer):
+            return None, seed
+        _check_seed(int(seed))
+        return None, seed  # an operand still: a new value is no new trace
+    if not isinstance(seed, numbers.Integral):
+        # NumPy arrays become Python ints, not JAX arrays: with 64-bit types off JAX would
+        # silently wrap an int64 seed to 32 bits
+        try:
+            a = np.asarray(seed)
+        except Exception:  # noqa: BLE001 - whatever NumPy cannot read is no seed
+            raise expected(type(seed).__name__) from None
+        if a.shape != () or a.dtype.kind not in "iu":
+            raise expected(f"an array of shape {a.shape} and dtype {a.dtype}"
+                           if isinstance(seed, np.ndarray) else type(seed).__name__)
+        seed = a.item()
+    return _check_seed(seed), None
+
+
+def _check_seed(seed):
+    """The functional API's rule for a seed: an int in [0, 2**64)."""
+    seed = _api._int_option(seed, "seed", 0)
+    if seed >= 2**64:
+        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed}")
+    return seed
+
+
 def _apply(cell, x, weights, h0, c0, dropout, seed, training, lengths, options):
     if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
         raise TypeError(f"weights: expected a list or tuple of arrays in torch _flat_weights "
@@ -193,30 +280,24 @@ def _apply(cell, x, weights, h0, c0, dropout, seed, training, lengths, options):
     weights = [_array(w, f"weights[{k}]") for k, w in enumerate(weights)]
     h0 = None if h0 is None else _array(h0, "h0")
     c0 = None if c0 is None else _array(c0, "c0")
-    lengths = None if lengths is None else _array(lengths, "lengths")
+    given_lengths, lengths = lengths, None if lengths is None else _array(lengths, "lengths")
     training = _api._bool_option(training, "training")
     dropout = _api._dropout_option(dropout)  # checked always; applied only when training
-    dropout = dropout if training else 0.0
-    static_seed, seed_operand = None, None
-    if seed is None:
-        if dropout > 0:
-            raise ValueError("seed: expected an int or an integer scalar array when dropout > 0 "
-                             "and training (JAX has no global random state), got None")
-        static_seed = 0
-    elif isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
-        static_seed = int(seed)
-    else:
-        seed_operand = _array(seed, "seed")
-        if seed_operand.shape != () or not jnp.issubdtype(seed_operand.dtype, jnp.integer):
-            raise TypeError(f"seed: expected an int or an integer scalar array, got an array of "
-                            f"shape {seed_operand.shape} and dtype {seed_operand.dtype}")
+    num_layers = options["num_layers"]  # checked by the probe
+    layered = isinstance(num_layers, numbers.Integral) and num_layers > 1
+    dropout = dropout if training and layered else 0.0  # it acts between layers only
+    static_seed, seed_operand = _seed_option(seed, dropout)
     options = tuple(sorted(options.items()))
     structs = (_struct(x), tuple(_struct(w) for w in weights),
                None if h0 is None else _struct(h0), None if c0 is None else _struct(c0),
                None if lengths is None else _struct(lengths))
-    meta, out, saved = _probe(cell, options, dropout, static_seed, *structs)
-    spec = _Spec(cell, options, dropout, training, static_seed, meta, out, saved,
-                 h0 is not None, c0 is not None)
+    meta, out, saved_as = _probe(cell, options, dropout, static_seed, *structs)
+    spec = _Spec(cell, options, dropout, static_seed, meta, out,
+                 tuple(_carrier(s) for s in saved_as), saved_as, h0 is not None, c0 is not None)
+    if lengths is not None and not isinstance(lengths, jax.core.Tracer):
+        # known values are checked now, as a known seed is (the probe checked the shape)
+        T, B = x.shape[:2][::-1] if dict(options)["batch_first"] else x.shape[:2]
+        _api._lengths_array(given_lengths, T, B)
     return _run(spec, x, weights, h0, c0, lengths, seed_operand)
 
 
