@@ -438,6 +438,8 @@ def _forked_forward(x, weights, queue):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+# once JAX has started its threads (tests/test_jax.py run first), it warns on every fork
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_engine_works_in_a_forked_child(restore_threads):
     """A forked child (DataLoader worker, multiprocessing) inherits the thread pool but not its
     threads; it must start its own rather than wait forever for the parent's."""

@@ -83,12 +83,11 @@ def wrap_like(t, like):
     try:
         import importlib
 
-        mod = importlib.import_module(module)
-        if module == "jax":
-            from jax import dlpack as jdl
+        if module in ("jax", "jaxlib"):  # JAX arrays are jaxlib types; jax.numpy converts
+            import jax.numpy as jnp
 
-            return jdl.from_dlpack(t)
-        from_dlpack = getattr(mod, "from_dlpack", None)
+            return jnp.from_dlpack(t)
+        from_dlpack = getattr(importlib.import_module(module), "from_dlpack", None)
         return from_dlpack(t) if from_dlpack else t
     except Exception:  # noqa: BLE001 - anything else gets the torch tensor
         return t
