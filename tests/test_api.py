@@ -458,3 +458,34 @@ def test_engine_works_in_a_forked_child(restore_threads):
     child.join(timeout=120)
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"], reason="compiled CPU engine not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_fast_inference_path_gives_the_full_paths_results(variant, dtype):
+    """An inference call with C-contiguous NumPy arrays takes _api's short checks
+    (_inference_fast); the same call with x in Fortran order takes the full path. Both give
+    the same bits, with and without h0 / c0, one and two layers and directions, and no bias."""
+    from fastrnn import _api
+
+    for L, D, bias in [(1, 1, True), (2, 2, True), (2, 1, False)]:
+        p = Problem(variant, T=4, B=3, I=5, H=6, L=L, D=D, lengths=None, dtype=dtype)
+        weights = p.weights if bias else [w for w in p.weights if w.ndim == 2]
+        for with_state in (False, True):
+            state = {}
+            if with_state:
+                state = dict(h0=p.h0, c0=p.c0) if p.cell == "lstm" else dict(h0=p.h0)
+            args = dict(num_layers=L, bidirectional=D == 2, **p.kwargs, **state)
+            cell = {"lstm": _api._LSTM, "gru": _api._GRU[p.kwargs.get("linear_before_reset", True)],
+                    "rnn": _api._RNN[p.kwargs.get("nonlinearity", "tanh")]}[p.cell]
+            fast = _api._inference_fast(cell, p.x, weights, state.get("h0"), state.get("c0"), L,
+                                        D == 2, False, None, 0.0, None, p.kwargs.get("proj_size", 0),
+                                        False, None)
+            assert fast is not None, "the common call did not take the fast path"
+            full = FORWARD[p.cell](np.asfortranarray(p.x), weights, **args)
+            for name in ("y", "h_n", "c_n"):
+                a, b = getattr(fast, name), getattr(full, name)
+                assert (a is None) == (b is None), name
+                if a is not None:
+                    np.testing.assert_array_equal(a, b, err_msg=f"{variant} L={L} D={D} {name}")
