@@ -34,43 +34,54 @@ def log(*args):
 
 
 class Progress:
-    """A plain progress bar on stderr: `label [#####.....] 120/400  loss 2.31  3.2s`.
+    """Progress on stderr: `label [#####.....] 120/400  loss 2.31  3.2s`. On a terminal the bar
+    is redrawn in place, at most 10 times a second. Into a file or a pipe (a log, CI), where
+    carriage returns and erase-line codes are only noise, it is printed as plain lines with no
+    control characters: the first step, then at most one line every 10 s, and always the last.
 
-    update(n, **stats) redraws at most 10 times a second (and always at the last step);
-    close() ends the line. Samples printed with log() in between start on a fresh line.
+    update(n, **stats) reports step n of total; write(text) prints a line (a sample, an epoch
+    summary) without breaking the bar; close() ends it.
     """
 
-    def __init__(self, total, label, width=30):
+    def __init__(self, total, label, width=30, stream=None):
         self.total, self.label, self.width = max(int(total), 1), label, width
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.live = bool(isatty and isatty())
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.done = 0
-        # redraw 10 times a second on a terminal, every 2 s into a log file
-        self.every = 0.1 if sys.stderr.isatty() else 2.0
+        self.shown = -1  # the step of the last plain line (not live)
+        self.every = 0.1 if self.live else 10.0
 
     def update(self, n, **stats):
         self.done = n
         now = time.perf_counter()
         if now - self.last < self.every and n < self.total:
             return
-        self.last = now
+        if not self.live and n == self.shown:
+            return
+        self.last, self.shown = now, n
         filled = int(self.width * min(n, self.total) / self.total)
         bar = "#" * filled + "." * (self.width - filled)
         extra = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in stats.items())
-        sys.stderr.write(f"\r{self.label} [{bar}] {n}/{self.total}  {extra}  "
-                         f"{now - self.t0:.1f}s ")
-        sys.stderr.flush()
+        text = f"{self.label} [{bar}] {n}/{self.total}  {extra}  {now - self.t0:.1f}s"
+        # live: back to the line's start and redraw over it; else one line per report
+        self.stream.write(f"\r{text} " if self.live else f"{text}\n")
+        self.stream.flush()
 
     def write(self, text):
         """Print a line (a sample, an epoch summary) without breaking the bar."""
-        sys.stderr.write("\r\033[K" + text + "\n")
-        sys.stderr.flush()
-        self.last = 0.0
+        self.stream.write(("\r\033[K" if self.live else "") + text + "\n")
+        self.stream.flush()
+        if self.live:
+            self.last = 0.0  # redraw the bar under the line at the next update
 
     def close(self):
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def torch_setup(seed):

@@ -189,15 +189,57 @@ FORWARD_CASES = [
     case("weights is None", set_("weights", None), TypeError,
          "weights: expected a list or tuple", "got NoneType"),
     case("weights one short", put("weights", lambda a: a["weights"][:-1]), ValueError,
-         "weights: expected 16 or 8 arrays", "got 15"),
+         "weights: expected 16 or 8 arrays", "got 15",
+         "they fit no combination of num_layers, bidirectional, bias and proj_size for {cell}"),
     case("weights one extra", put("weights", lambda a: a["weights"] + [a["weights"][0]]), ValueError,
          "weights: expected 16 or 8 arrays", "got 17"),
     case("weights empty", set_("weights", []), ValueError, "weights: expected 16 or 8 arrays", "got 0"),
     case("weights for 2 layers, num_layers=1", set_("num_layers", 1), ValueError,
-         "weights: expected 8 or 4 arrays (num_layers=1 x directions=2", "got 16"),
+         "weights: expected 8 or 4 arrays (num_layers=1 x directions=2", "got 16",
+         "the 16 arrays given fit num_layers=2, bidirectional=True, bias=True, proj_size=0"),
     case("weights for 2 directions, unidirectional", set_("bidirectional", False), ValueError,
-         "weights: expected 8 or 4 arrays (num_layers=2 x directions=1", "got 16"),
+         "weights: expected 8 or 4 arrays (num_layers=2 x directions=1", "got 16",
+         "the 16 arrays given fit num_layers=2, bidirectional=True, bias=True, proj_size=0"),
+    # weights: a list of the right length read as another layout (2 layers without biases)
+    case("one layer's 4 arrays, num_layers=2", lambda a: a.update(
+        weights=a["weights"][:4], bidirectional=False), ValueError,
+         "weights: expected num_layers=2 x directions=1 x (w_ih, w_hh) = 4 arrays (without biases",
+         "got 4 arrays of 2, 2, 1, 1 dimensions",
+         "which fit num_layers=1, bidirectional=False, bias=True, proj_size=0"),
+    case("one direction's 4 arrays, bidirectional", lambda a: a.update(
+        weights=a["weights"][:4], num_layers=1), ValueError,
+         "weights: expected num_layers=1 x directions=2 x (w_ih, w_hh) = 4 arrays (without biases",
+         "which fit num_layers=1, bidirectional=False, bias=True, proj_size=0"),
+    case("two directions' 8 arrays read as 2 layers", lambda a: a.update(
+        weights=a["weights"][:8], bidirectional=False), ValueError,
+         "weights[4] (w_ih of layer 1): expected shape ({GH}, {H}), got ({GH}, {I})",
+         "H={H} from weights[0] (w_ih of layer 0) axis 0 ({GH} rows = {G}*H",
+         "layer 1 reads layer 0's output: 1 direction(s) x H={H}",
+         "the 8 arrays as a whole fit num_layers=1, bidirectional=True, bias=True, proj_size=0"),
+    # weights: another cell's
+    case("gru weights", set_("weights", make_weights("gru")), ValueError,
+         "weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I}) with hidden_size > 0",
+         "got (21, {I})", "{cell} has {G} gates", "w_ih must have {G}*H rows",
+         "as a gru w_hh of H={H} (gru has 3 gates (r, z, n)): gru weights passed to {cell}_forward?",
+         cells=("lstm",)),
+    case("lstm weights", set_("weights", make_weights("lstm")), ValueError,
+         "weights[0] (w_ih of layer 0): expected shape (3*hidden_size, {I}) with hidden_size > 0",
+         "got (28, {I}); gru has 3 gates (r, z, n): w_ih must have 3*H rows, and 28 is not a multiple of 3",
+         "weights[1] of shape (28, {H}) has 4 x {H} rows, as an lstm w_hh of H={H}",
+         "lstm weights passed to gru_forward?", cells=("gru",)),
+    case("lstm weights", set_("weights", make_weights("lstm")), ValueError,
+         "weights[1] (w_hh of layer 0): expected shape (28, 28), got (28, {H})",
+         "H=28 from weights[0] (w_ih of layer 0) axis 0 (28 rows = 1*H: rnn has 1 gate)",
+         "as an lstm w_hh of H={H} (lstm has 4 gates (i, f, g, o)): lstm weights passed to rnn_forward?",
+         cells=("rnn",)),
+    case("rnn weights", set_("weights", make_weights("rnn")), ValueError,
+         "weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I})", "got ({H}, {I})",
+         "as an rnn w_hh of H={H} (rnn has 1 gate): rnn weights passed to {cell}_forward?",
+         cells=("lstm", "gru")),
     # weights: each position's shape -------------------------------------------------------
+    case("w_ih transposed", w_(0, lambda w: w.T), ValueError,
+         "weights[0] (w_ih of layer 0): expected shape (", "got ({I}, {GH})",
+         "H={H} from weights[1] (w_hh of layer 0) axis 0", "it looks transposed"),
     case("w_ih hidden_size 0", w_(0, lambda w: w[:0]), ValueError,
          "weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I}) with hidden_size > 0",
          "got (0, {I})"),
@@ -207,9 +249,11 @@ FORWARD_CASES = [
          "weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I})", "got ({GH_1}, {I})",
          cells=("lstm", "gru")),
     case("w_hh columns", w_(1, grow), ValueError,
-         "weights[1] (w_hh of layer 0): expected shape ({GH}, {H}), got ({GH}, 8)"),
+         "weights[1] (w_hh of layer 0): expected shape ({GH}, {H}), got ({GH}, 8)",
+         "; H={H} from weights[0] (w_ih of layer 0) axis 0 ({GH} rows = {G}*H: {cell} has {G} gate"),
     case("w_hh transposed", w_(1, lambda w: w.T), ValueError,
-         "weights[1] (w_hh of layer 0): expected shape ({GH}, {H}), got ({H}, {GH})", cells=("lstm", "gru")),
+         "weights[1] (w_hh of layer 0): expected shape ({GH}, {H}), got ({H}, {GH})",
+         "H={H} from weights[0] (w_ih of layer 0) axis 0", "it looks transposed", cells=("lstm", "gru")),
     case("b_ih length", w_(2, lambda w: grow(w, 0)), ValueError,
          "weights[2] (b_ih of layer 0): expected shape ({GH},), got ({GH1},)"),
     case("b_hh 2-D", w_(3, lambda w: w[None]), ValueError,
@@ -311,7 +355,19 @@ FORWARD_CASES = [
          "backend: 'cuda' is not available"),
     # per cell -----------------------------------------------------------------------------
     case("proj_size == hidden_size", with_proj(H), ValueError,
-         "proj_size: expected < hidden_size={H}, got {H}", cells=("lstm",)),
+         "proj_size: expected < hidden_size={H}, got {H}",
+         "H={H} from weights[0] (w_ih of layer 0) axis 0", cells=("lstm",)),
+    case("proj_size == hidden_size, weights without w_hr", set_("proj_size", H), ValueError,
+         "proj_size: expected 0 (no projection: the weights have no w_hr) or < hidden_size={H} with "
+         "a w_hr per layer and direction, got {H}", "H={H} from weights[0] (w_ih of layer 0) axis 0",
+         "the 16 arrays given fit num_layers=2, bidirectional=True, bias=True, proj_size=0",
+         cells=("lstm",)),
+    case("proj_size > hidden_size, weights without w_hr", set_("proj_size", H + 5), ValueError,
+         "proj_size: expected 0 (no projection: the weights have no w_hr) or < hidden_size={H}",
+         "got 12", cells=("lstm",)),
+    case("w_hr given, proj_size 0", with_proj(3, set_("proj_size", 0)), ValueError,
+         "weights: expected 16 or 8 arrays", "got 20",
+         "the 20 arrays given fit num_layers=2, bidirectional=True, bias=True, proj_size=3", cells=("lstm",)),
     case("proj_size > hidden_size", with_proj(H + 1), ValueError,
          "proj_size: expected < hidden_size={H}, got 8", cells=("lstm",)),
     case("proj_size negative", set_("proj_size", -1), ValueError, "proj_size: expected an int >= 0, got -1",
@@ -319,7 +375,10 @@ FORWARD_CASES = [
     case("proj_size float", set_("proj_size", 2.0), TypeError, "proj_size: expected an int >= 0, got float",
          cells=("lstm",)),
     case("proj_size without w_hr", set_("proj_size", 3), ValueError,
-         "weights: expected 20 or 12 arrays", "got 16", cells=("lstm",)),
+         "weights: expected 20 or 12 arrays", "got 16",
+         "the 16 arrays given fit num_layers=2, bidirectional=True, bias=True, proj_size=0",
+         "(with proj_size=3, each layer and direction needs a w_hr of shape (3, {H}) after its biases)",
+         cells=("lstm",)),
     case("w_hr transposed", with_proj(3, w_(4, lambda w: w.T)), ValueError,
          "weights[4] (w_hr of layer 0): expected shape (3, {H}), got ({H}, 3)", cells=("lstm",)),
     case("w_hh with projection sized H", with_proj(3, w_(6, lambda w: np.zeros((w.shape[0], H)))), ValueError,
@@ -473,3 +532,97 @@ def test_set_num_threads_bad_input(n, exc, message):
     with pytest.raises(exc, match=re.escape(message)):
         fastrnn.set_num_threads(n)
     assert fastrnn.backends()["cpu"]["threads"] == threads, "a rejected call changed the thread count"
+
+
+# ----------------------------------------------------------------------------------------------
+# The weight-list mistakes of issue 20, at its sizes (I=8, H=16): where 4*H's rows divide by
+# 3, so the messages cannot lean on a size that fits no cell (the table above uses H=7)
+
+
+def _one_layer(G, H=16, I=8, P=0, seed=3):
+    rng = np.random.default_rng(seed)
+    shapes = [(G * H, I), (G * H, P or H), (G * H,), (G * H,)] + ([(P, H)] if P else [])
+    return [rng.uniform(-0.5, 0.5, s) for s in shapes]
+
+
+X8 = np.random.default_rng(4).normal(size=(5, 2, 8))
+
+
+def _message(call, *args, **kwargs):
+    with pytest.raises(ValueError) as info:
+        call(*args, **kwargs)
+    print(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transposed_w_ih_expects_h_from_w_hh(backend):
+    w = _one_layer(4)
+    msg = _message(fastrnn.lstm_forward, X8, [w[0].T] + w[1:], backend=backend)
+    assert msg.startswith("weights[0] (w_ih of layer 0): expected shape (64, 8), got (8, 64); "
+                          "I=8 from x's last axis, H=16 from weights[1] (w_hh of layer 0) axis 0 "
+                          "(64 rows = 4*H: lstm has 4 gates (i, f, g, o)); it looks transposed")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gru_weights_to_lstm_forward_say_so(backend):
+    msg = _message(fastrnn.lstm_forward, X8, _one_layer(3), backend=backend)
+    assert msg == ("weights[1] (w_hh of layer 0): expected shape (48, 12), got (48, 16); H=12 from "
+                   "weights[0] (w_ih of layer 0) axis 0 (48 rows = 4*H: lstm has 4 gates (i, f, g, o)); "
+                   "weights[1] of shape (48, 16) has 3 x 16 rows, as a gru w_hh of H=16 (gru has 3 "
+                   "gates (r, z, n)): gru weights passed to lstm_forward?")
+
+
+def test_lstm_weights_to_gru_and_rnn_forward_say_so():
+    assert "lstm weights passed to gru_forward?" in _message(fastrnn.gru_forward, X8, _one_layer(4))
+    assert "lstm weights passed to rnn_forward?" in _message(fastrnn.rnn_forward, X8, _one_layer(4))
+    assert "gru weights passed to rnn_forward?" in _message(fastrnn.rnn_forward, X8, _one_layer(3))
+
+
+def test_a_two_layer_gru_list_given_to_lstm_forward_with_num_layers_1():
+    w = _one_layer(3) + _one_layer(3, I=16)
+    msg = _message(fastrnn.lstm_forward, X8, w)
+    assert msg.startswith("weights: expected 4 or 2 arrays (num_layers=1 x directions=1 x "
+                          "(4 with biases or 2 without: w_ih, w_hh, [b_ih, b_hh])), got 8; ")
+    assert msg.endswith("they fit no layout of lstm weights (lstm has 4 gates (i, f, g, o)), but fit "
+                        "gru weights (gru has 3 gates (r, z, n)) with num_layers=2, "
+                        "bidirectional=False, bias=True, proj_size=0")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_num_layers_2_with_one_layers_arrays_is_not_read_as_two_layers_without_biases(backend):
+    msg = _message(fastrnn.lstm_forward, X8, _one_layer(4), num_layers=2, backend=backend)
+    assert msg == ("weights: expected num_layers=2 x directions=1 x (w_ih, w_hh) = 4 arrays (without "
+                   "biases, proj_size=0), got 4 arrays of 2, 2, 1, 1 dimensions (1-D ones are biases), "
+                   "which fit num_layers=1, bidirectional=False, bias=True, proj_size=0: check "
+                   "num_layers, bidirectional and proj_size")
+
+
+def test_a_valid_list_without_biases_for_two_layers_still_runs():
+    """The reading the message above rules out is valid when the arrays are 2-D."""
+    w = _one_layer(4)[:2] + _one_layer(4, I=16)[:2]
+    out = fastrnn.lstm_forward(X8, w, num_layers=2)
+    assert out.h_n.shape == (2, 2, 16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_proj_size_equal_to_h_blames_proj_size_not_the_count(backend):
+    msg = _message(fastrnn.lstm_forward, X8, _one_layer(4), proj_size=16, backend=backend)
+    assert msg == ("proj_size: expected 0 (no projection: the weights have no w_hr) or < "
+                   "hidden_size=16 with a w_hr per layer and direction, got 16; H=16 from weights[0] "
+                   "(w_ih of layer 0) axis 0 (64 rows: lstm has 4 gates (i, f, g, o)); the 4 arrays "
+                   "given fit num_layers=1, bidirectional=False, bias=True, proj_size=0")
+
+
+def test_proj_size_below_h_without_w_hr_names_the_missing_array():
+    msg = _message(fastrnn.lstm_forward, X8, _one_layer(4), proj_size=4)
+    assert msg.startswith("weights: expected 5 or 3 arrays")
+    assert msg.endswith("got 4; the 4 arrays given fit num_layers=1, bidirectional=False, bias=True, "
+                        "proj_size=0 (with proj_size=4, each layer and direction needs a w_hr of "
+                        "shape (4, 16) after its biases)")
+
+
+def test_projection_weights_without_proj_size_name_it():
+    msg = _message(fastrnn.lstm_forward, X8, _one_layer(4, P=4))
+    assert msg.endswith("got 5; the 5 arrays given fit num_layers=1, bidirectional=False, bias=True, "
+                        "proj_size=4")

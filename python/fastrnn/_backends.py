@@ -6,6 +6,7 @@ reference is used (with one warning) and `backends()` says why; it never means a
 `import fastrnn`. Not here: argument handling (that is `_api.py`).
 """
 
+import importlib
 import numbers
 import os
 import warnings
@@ -33,14 +34,26 @@ def cuda_module():
     global _cuda_state
     if _cuda_state is None:
         try:
-            from . import _cuda
+            _cuda = importlib.import_module(f"{__package__}._cuda")
         except ImportError as exc:
-            missing = "No module named" in str(exc) and "_cuda" in str(exc)
-            why = "this build has no CUDA path" if missing else f"{type(exc).__name__}: {exc}"
-            _cuda_state = (None, why)
+            _cuda_state = (None, _cuda_import_failure(exc))
         else:
             _cuda_state = (_cuda, None if _cuda.devices() else "no CUDA device is visible")
     return _cuda_state
+
+
+NO_CUDA_PATH = ("this build has no CUDA path (built without nvcc/cuBLAS, or with FASTRNN_CUDA=OFF); "
+                "to build it: FASTRNN_CUDA=ON pip install \".[cuda]\" (README.md, CUDA)")
+
+
+def _cuda_import_failure(exc):
+    """Why `fastrnn._cuda` did not import, for backends()["cuda"]["reason"]. No module file at
+    all is the normal state of a CPU-only build and is said plainly; a compiled module that
+    fails to load (a missing libcublas.so.13, an undefined symbol) keeps its exception, since
+    that is a broken installation the user has to see."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name == f"{__package__}._cuda":
+        return NO_CUDA_PATH
+    return f"the compiled CUDA module fastrnn._cuda failed to import: {type(exc).__name__}: {exc}"
 
 
 def _available_cores():
