@@ -374,9 +374,13 @@ void forward_cell(const ForwardParams<T>& p) {
   }
   auto panel_buf = scratch<T>(panels && !kept ? panel_floats : 0);
   T* const panel_base = !panels ? nullptr : kept ? static_cast<T*>(kept->data) : panel_buf.get();
-  const bool pack = !reuse;
+  int region_threads = max_threads;  // what the region got (fewer if the pool shrank since)
 
   pool.run(max_threads, [&](int tid, int nt) {
+    if (tid == 0) region_threads = nt;
+    // kept panels were laid out for their thread count's shares of the units: a region of
+    // another count (set_num_threads between pool.size() above and here) packs them afresh
+    const bool pack = !reuse || nt != max_threads;
     int64_t j0, j1, p0 = 0, p1 = 0;
     // units in blocks of 8 (one vector of the pointwise pass), or of fewer where that many
     // fill whole panels of a stacked product (LSTM: 4 units, 16 columns), so that no thread
@@ -517,7 +521,7 @@ void forward_cell(const ForwardParams<T>& p) {
       pool.barrier();  // h_t complete for every thread
     }
   });
-  if (kept) kept->ready = true;
+  if (kept) kept->ready = true, kept->threads = region_threads;
   copy_n(p.h_n, h_at(last), B * Ho);
   if constexpr (Cell::kHasCellState) copy_n(p.c_n, c_at(last), B * H);
 }
