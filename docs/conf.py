@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: MIT
+"""Sphinx configuration of fastrnn's documentation: `bash .ci/docs` (or `sphinx-build -W
+--keep-going -b html docs docs/_build/html` in an environment with the `docs` extra).
+
+Pages are Markdown (MyST); the API reference is autodoc over the installed package. fastrnn's
+docstrings are plain text laid out for `help()`: a summary paragraph, then aligned argument
+lists and indented examples. `_plain_docstring` below keeps that layout: the summary is set as
+prose and the rest as a preformatted block, so the docstrings need no reStructuredText.
+"""
+
+import fastrnn
+
+project = "fastrnn"
+author = "the fastrnn developers"
+copyright = "the fastrnn developers, MIT licence"
+release = version = fastrnn.__version__
+
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "myst_parser"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build"]
+myst_heading_anchors = 3  # links such as guides/numpy.md#lengths resolve to headings
+
+html_theme = "furo"
+html_title = f"fastrnn {release}"
+
+autodoc_member_order = "bysource"
+# Signatures as written in the code, not with evaluated defaults.
+autodoc_preserve_defaults = True
+
+
+def _plain_docstring(app, what, name, obj, options, lines):
+    """fastrnn docstrings are plain text: keep the first paragraph (up to a blank or indented
+    line) as prose and show the rest verbatim, as `help()` does. Docstrings that already use
+    reStructuredText fields (a line starting with ':') or numpydoc sections (a line of dashes)
+    are left to Sphinx and napoleon."""
+    if not name.startswith("fastrnn") or not lines:
+        return
+    if any(line.lstrip().startswith(":") or set(line.strip()) == {"-"} for line in lines):
+        return
+    # the summary ends at the first blank or indented line
+    end = next((k for k, line in enumerate(lines) if not line.strip() or line[0].isspace()),
+               len(lines))
+    summary, rest = lines[:end], lines[end:]
+    while rest and not rest[0].strip():
+        rest.pop(0)
+    while rest and not rest[-1].strip():
+        rest.pop()
+    new = list(summary)
+    if rest:
+        new += ["", "::", ""] + ["    " + line if line.strip() else "" for line in rest] + [""]
+    lines[:] = new
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _plain_docstring)
