@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: MIT
+"""The code that README.md and the guides in docs/ show a reader runs, as a reader runs it.
+
+Every fenced block whose info string is exactly `python` runs in a fresh interpreter (so one
+block cannot lean on another's names or on an import order, and Keras picks its backend as a
+reader's would); the test fails if the block raises. A block that imports an optional peer of
+fastrnn (torch, JAX, Keras) that is not installed is skipped with that reason. Of the `bash`
+blocks, the cheap `python -m fastrnn` commands (`check`, `info`) run too; installs, pytest,
+the demos (tests/test_demos.py runs them) and the benchmark do not.
+
+Code that is not meant to run as it stands (a signature, an outline) is written with MyST's
+`{code-block} python` directive or as `text`, which this test leaves alone.
+"""
+
+import importlib.util
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [p for p in PAGES if "_build" not in p.parts]
+
+# ```lang at the start of a line, up to the closing fence (MyST directives are ```{name})
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+# the optional peers a block may import: module -> the package a reader installs
+PEERS = {"torch": "torch", "jax": "jax", "keras": "keras", "onnxruntime": "onnxruntime",
+         "onnx": "onnx", "matplotlib": "matplotlib"}
+IMPORT = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w.]*)", re.MULTILINE)
+# `python -m fastrnn SUBCOMMAND` that take about a second
+CHEAP = {"check", "info"}
+
+
+def _blocks(lang):
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for m in FENCE.finditer(text):
+            if m.group(1).strip() == lang:
+                line = text.count("\n", 0, m.start()) + 1
+                yield pytest.param(m.group(2), id=f"{page.relative_to(ROOT)}:{line}")
+
+
+def _missing_peer(code):
+    for name in IMPORT.findall(code):
+        top = name.split(".")[0]
+        if top in PEERS and importlib.util.find_spec(top) is None:
+            return PEERS[top]
+    return None
+
+
+def _run(argv, what, cwd, timeout=300):
+    # in an empty folder, as a reader's would be: nothing there shadows an installed module
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    assert proc.returncode == 0, (f"{what} failed (exit {proc.returncode}):\n--- stdout\n"
+                                  f"{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_pages_have_python_blocks():
+    # a renamed fence or page must not silently leave nothing to run
+    assert len(list(_blocks("python"))) >= 10
+    assert any("README.md" in p.id for p in _blocks("python"))
+
+
+@pytest.mark.parametrize("code", list(_blocks("python")))
+def test_python_block(code, tmp_path):
+    peer = _missing_peer(code)
+    if peer is not None:
+        pytest.skip(f"the block imports {peer}, which is not installed")
+    proc = _run([sys.executable, "-c", code], "the block", tmp_path)
+    assert proc.stdout.strip(), "the block printed nothing: every example shows its result"
+
+
+def _cheap_commands():
+    for param in _blocks("bash"):
+        for line in param.values[0].splitlines():
+            line = line.split("#", 1)[0].strip()
+            for part in (p.strip() for p in line.split("&&")):
+                words = shlex.split(part)
+                if words[:3] == ["python", "-m", "fastrnn"] and words[3:4] and words[3] in CHEAP:
+                    yield pytest.param(words, id=f"{param.id}:{' '.join(words)}")
+
+
+@pytest.mark.parametrize("words", list(_cheap_commands()))
+def test_bash_command(words, tmp_path):
+    _run([sys.executable, *words[1:]], " ".join(words), tmp_path)
