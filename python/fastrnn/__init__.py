@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: MIT
 """fastrnn: fused LSTM, GRU and Elman RNN kernels, forward and backward.
 
-The public names only; see DESIGN.md for the contract and README.md for examples.
+The public names only. The documentation (docs/ in the repository, built with Sphinx) holds
+the design and public contract (docs/design.md), the guides and the API reference; README.md
+has the first examples.
 """
 
 from ._api import (
@@ -17,6 +19,7 @@ from ._api import (
 from ._backends import backends, set_num_threads
 from ._prepared import PreparedNetwork, prepare
 
+# The one place the version is written: pyproject.toml reads it from this line.
 __version__ = "0.1.0"
 
 __all__ = [

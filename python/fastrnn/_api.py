@@ -7,7 +7,7 @@ directions, inter-layer dropout, and the choice of engine. The engines themselve
 `_core`, or `reference.py`) see one layer and one direction at a time, with dense arrays of one
 dtype. Nothing here writes into an array the caller passed.
 
-Shapes follow the legend of DESIGN.md (T, B, I, H, P, G, D, L); Hout = P if P > 0 else H.
+Shapes follow the legend of docs/design.md (T, B, I, H, P, G, D, L); Hout = P if P > 0 else H.
 """
 
 import collections

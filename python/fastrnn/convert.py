@@ -7,7 +7,7 @@
     kernel, recurrent_kernel, bias = fastrnn.convert.to_keras("lstm", weights)
     W, R, B = fastrnn.convert.to_onnx("lstm", weights, bidirectional=False)
 
-`weights` is the flat list of DESIGN.md (`torch.nn.LSTM._flat_weights` order) for ONE layer:
+`weights` is the flat list of docs/design.md (`torch.nn.LSTM._flat_weights` order) for ONE layer:
 `w_ih (G*H, I), w_hh (G*H, H), [b_ih (G*H,), b_hh (G*H,)]`, and for a bidirectional ONNX op
 the same again for the reverse direction. Canonical gate order: LSTM i, f, g, o; GRU r, z, n;
 RNN one block. Bias-free weights (2 arrays per direction) correspond to Keras `use_bias=False`

@@ -6,7 +6,7 @@ H = hidden size                    P = projection size (LSTM only; 0 = none, the
 G = gates per cell (LSTM 4: i,f,g,o · GRU 3: r,z,n · RNN 1)
 D = directions (1 or 2)            L = layers
 
-What this file is: the maths of DESIGN.md written out once, by hand, for a human to check line
+What this file is: the maths of docs/design.md written once, by hand, for a human to check line
 by line. It is the test oracle of the compiled kernels and the `backend="reference"` fallback of
 the public API. Each cell has a `*_forward(...) -> (..., cache)` and a `*_backward(..., cache)`.
 

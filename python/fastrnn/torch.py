@@ -92,7 +92,7 @@ def _check_supported(tensor, name):
 
 
 # ----------------------------------------------------------------------------------------------
-# Shapes the fake implementations need (the layout of DESIGN.md)
+# Shapes the fake implementations need (the layout of docs/design.md)
 
 
 def _weight_shapes(G, I, H, P, L, D, bias):
