@@ -15,7 +15,7 @@ Each example is one valid call and one invalid call, drawn by hypothesis:
    padded steps and empty sequences give exact zeros and pass states through exactly.
 2. Invalid: the valid call with ONE thing broken (a shape, a dtype, a non-array, a length, the
    weight list, an option, `saved` of another cell). It must raise exactly the ValueError or
-   TypeError of DESIGN.md ("Public Python contract"), with a message that starts with the name
+   TypeError of docs/design.md ("Public Python contract"), with a message that starts with the name
    of the argument at fault.
 
 After both, every array the caller passed is bitwise unchanged (and still read-only where it
@@ -540,7 +540,7 @@ def option(target, value, error):
 
 def option_mutations(p):
     """A bad value of a keyword option: ValueError for a bad value of the right type, TypeError
-    for the wrong type (DESIGN.md; tests/test_errors.py)."""
+    for the wrong type (docs/design.md; tests/test_errors.py)."""
     bad = [option("num_layers", v, "ValueError") for v in (0, -1)]
     bad += [option("num_layers", v, "TypeError") for v in (1.5, True, "2", None)]
     bad += [option(name, v, "TypeError") for name in ("bidirectional", "batch_first", "training")

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Bad input to the public API: the right exception, a message that names the argument (and the
 expected and received values where it gives them), the caller's arrays left bitwise unchanged,
-and no crash (DESIGN.md, "Public Python contract"; STYLE.md point 10).
+and no crash (docs/design.md, "Public Python contract"; STYLE.md point 10).
 
 Each case is one row of a table: (id, mutation of a valid call, exception, message fragments).
 A mutation takes the keyword arguments of a valid call and the problem's sizes, and breaks one

@@ -3,7 +3,7 @@
 
 tests/_fuzz.py is the fuzz program (what it draws and checks is in its docstring): valid calls
 on backend="cpu" against backend="reference", and invalid calls that must raise the ValueError
-or TypeError of DESIGN.md naming the argument. Each batch here runs it as
+or TypeError of docs/design.md naming the argument. Each batch here runs it as
 `python tests/_fuzz.py --seed S --examples N`, so that a crash (a signal), a hang (the timeout)
 or a failed property is one failed test whose message gives the seed, the command that
 reproduces it, and the end of the child's stderr (hypothesis's shrunk example, or the last

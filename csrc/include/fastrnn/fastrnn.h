@@ -4,7 +4,7 @@
 //
 // GENERAL NOTES
 // -------------
-// Shape legend (identical in DESIGN.md and reference.py):
+// Shape legend (identical in docs/design.md and reference.py):
 //
 //   T = sequence length (time steps)   B = batch size        I = input size
 //   H = hidden size                    P = projection size (LSTM only; 0 = none, then the output size is H)
