@@ -49,8 +49,9 @@ How it is built
   `module.flatten_parameters()` after them. Outputs are the custom op's inference outputs,
   bitwise where both run the same products (float64; float32 where the op packs its weights
   too: T*B >= 16, B >= 4 with T >= 2, or several threads), else within float32 rounding (the
-  op multiplies 1-3 rows by BLAS gemv, the network by its packed panels). Deep copies and
-  pickles of the module start without the network.
+  op multiplies 1-3 rows by BLAS gemv, the network by its packed panels). Threads calling one
+  module at once take turns on its network (the op ran them side by side): give each thread
+  its own `copy.deepcopy` of the module. Deep copies and pickles start without the network.
 - Dropout (training mode, between layers) draws its seed from torch's generator, so
   `torch.manual_seed` makes runs reproducible; the masks are fastrnn's, not torch's, so the
   same seed does not give torch.nn's masks.
