@@ -79,9 +79,13 @@ Backends
 - TensorFlow, and any other Keras backend: constructing a layer raises a RuntimeError that says
   so. fastrnn has no TensorFlow op, and a fallback to keras.layers' TensorFlow path (which
   would be correct and fast on a GPU through cuDNN) would mean the layer silently does not do
-  what its name says. Use keras.layers there: a model saved with these layers loads into
-  keras.layers with `keras.models.load_model(path, custom_objects={"fastrnn>LSTM":
-  keras.layers.LSTM, ...})` (same configs and weights).
+  what its name says. Use keras.layers there. A model saved with these layers loads into
+  keras.layers (same configs and weights) in a process that has not imported fastrnn.keras with
+      keras.models.load_model(path, custom_objects={"fastrnn>LSTM": keras.layers.LSTM,
+                                                     "fastrnn>GRU": keras.layers.GRU,
+                                                     "fastrnn>SimpleRNN": keras.layers.SimpleRNN})
+  (once fastrnn.keras is imported, its registered classes take precedence over custom_objects
+  and custom_object_scope: that is Keras' rule, `serialization_lib.deserialize_keras_object`).
 """
 
 import keras
@@ -112,10 +116,7 @@ def _is(fn, *names):
 
 
 def _name(fn):
-    try:
-        return repr(keras.activations.serialize(fn))
-    except Exception:  # noqa: BLE001 - an unserialisable callable: its repr says enough
-        return repr(fn)
+    return repr(getattr(fn, "__name__", fn))
 
 
 def _check_options(layer, activations):
