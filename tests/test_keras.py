@@ -153,6 +153,21 @@ def test_save_and_load_model(res):
     assert s["as_keras_layers"] <= ATOL and s["as_keras_classes"][1:3] == ["LSTM", "GRU"]
 
 
+def test_bidirectional_wrapper(res):
+    b = res["bidirectional"]
+    assert b["classes"] == ["GRU/fastrnn.keras", "GRU/fastrnn.keras"]
+    _check({"outputs": b["outputs"]}, "bidirectional")
+
+
+def test_mixed_precision_policy(res):
+    m = res["mixed"]
+    print(m)
+    assert m["dtypes"] == ["bfloat16", "bfloat16"]
+    # keras.layers computes every step in bfloat16 (8 significant bits), fastrnn in float32:
+    # they differ by bfloat16 rounding, a few units of 2**-8 over 7 steps, not by 1e-5
+    assert m["diff"] <= 0.03, m
+
+
 @pytest.mark.parametrize("case, error, words", [
     ("lstm_activation", "ValueError", ["activation", "'relu'", "tanh"]),
     ("lstm_recurrent_activation", "ValueError", ["recurrent_activation", "hard_sigmoid"]),
@@ -400,6 +415,29 @@ def _child(outdir):
         "as_keras_layers": maxdiff(before, as_keras.predict(tokens, verbose=0)),
         "as_keras_classes": [type(layer).__name__ if type(layer).__module__.startswith("keras")
                              else "fastrnn" for layer in as_keras.layers]}
+
+    # ---- Bidirectional: its backward copy is made by from_config with go_backwards flipped
+    ref = keras.layers.Bidirectional(keras.layers.GRU(H, return_sequences=True))
+    new = keras.layers.Bidirectional(fk.GRU(H, return_sequences=True))
+    ref.build((B, T, I))
+    new.build((B, T, I))
+    new.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32") for w in ref.get_weights()])
+    ref.set_weights(new.get_weights())
+    out["bidirectional"] = {
+        "outputs": maxdiff(ref(x, mask=mask), new(x, mask=mask)),
+        "classes": [type(new.forward_layer).__name__ + "/" + type(new.forward_layer).__module__,
+                    type(new.backward_layer).__name__ + "/" + type(new.backward_layer).__module__]}
+
+    # ---- a mixed precision policy: the kernel runs in float32, results in bfloat16
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        ref, new = pair("LSTM", {}, return_sequences=True)
+        a, b = ref(x, mask=mask), new(x, mask=mask)
+        out["mixed"] = {"dtypes": [str(a.dtype).split(".")[-1], str(b.dtype).split(".")[-1]],
+                        "diff": maxdiff(ops.cast(a, "float32"), ops.cast(b, "float32"))}
+    finally:
+        keras.config.set_dtype_policy(policy)
 
     # ---- options that change nothing
     accepted = {}

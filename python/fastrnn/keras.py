@@ -30,9 +30,10 @@ What they are
   bias (2, 3H) is [b_ih, b_hh]. `reset_after=True` is fastrnn's `linear_before_reset=True`,
   `reset_after=False` is `linear_before_reset=False`. (`fastrnn.convert.from_keras` documents
   the same mapping for NumPy arrays; it is not used here because it is not differentiable.)
-- The kernel runs in the dtype of the layer's variables (float32 or float64; under a mixed
-  precision policy the float32 variables, and `RNN.call` casts the results to the compute
-  dtype as it does for keras.layers).
+- The kernel runs in float64 when the layer's variables are float64 and in float32 otherwise:
+  under a float16 / bfloat16 policy (mixed or not) the input, the weights (as Keras reads them
+  in that policy) and the states are cast to float32, and `RNN.call` casts the results to the
+  compute dtype, as it does for keras.layers' results.
 
 Masks (from `Embedding(mask_zero=True)`, `Masking`, or given) become lengths
 - Keras' semantics, for any mask: a masked step does not change the state, and its output is
@@ -307,7 +308,8 @@ class _FastRNN:
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
         states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
-        dtype = cell.kernel.dtype  # the variables' dtype (float32 under mixed precision)
+        # float64 layers run in float64; all others in float32 (the kernels' CPU dtypes)
+        dtype = "float64" if self.variable_dtype == "float64" else "float32"
         x = ops.cast(sequences, dtype)
         if training and cell.dropout:
             # the mask RNN.call prepared for this call (_maybe_config_dropout_masks), as
