@@ -181,9 +181,6 @@ def _flat_weights(cell_kind, cell, dtype):
 # The kernel call, per backend: x (B, T, I) batch-first; h0, c0 (B, H); lengths (B,) or None.
 # Returns y (B, T, H) (zero at padded steps), h_n, c_n (B, H) (c_n None unless LSTM).
 
-_TORCH_CELLS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}
-
-
 def _run_torch(kind, x, weights, h0, c0, lengths):
     import torch
 
@@ -197,7 +194,7 @@ def _run_torch(kind, x, weights, h0, c0, lengths):
     keep_saved = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights))
     y, h_n, c_n, _, _ = torch.ops.fastrnn.rnn_forward(
-        x, weights, h0, c0, lengths, None, _TORCH_CELLS[kind], 1, False, True, 0.0, 0,
+        x, weights, h0, c0, lengths, None, kind, 1, False, True, 0.0, 0,
         keep_saved)
     return y, h_n[0], (c_n[0] if kind == "lstm" else None)
 
