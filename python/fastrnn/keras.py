@@ -42,8 +42,10 @@ Masks (from `Embedding(mask_zero=True)`, `Masking`, or given) become lengths
   in time order, then the masked ones), the kernel runs with `lengths` = the number of valid
   steps (fastrnn's padded steps neither advance the state nor matter), and each output step
   t is gathered back as the output of the last valid step at or before t. That is exact for
-  right padding, left padding and holes alike, so no mask is rejected; with a right-padded
-  mask the gathers are the identity. Both gathers are differentiable.
+  right padding, left padding and holes alike, so no mask is rejected. Both gathers are
+  differentiable. With a right-padded mask the first gather is the identity; on the torch
+  backend (outside torch.compile) such a mask is recognised and the gather skipped, and with
+  return_sequences=False the second one is not needed either.
 - Before the first valid step, keras.layers' output differs between backends, and this layer
   follows the backend it runs on: zeros on torch (`keras.src.backend.torch.rnn`: the previous
   output starts at zero), the initial state h0 on JAX (`keras.src.backend.jax.rnn` repeats the
@@ -270,17 +272,28 @@ def _run_jax(kind, x, weights, h0, c0, lengths, reset_after):
 # Masks -> lengths (module docstring, "Masks")
 
 
-def _compact(x, mask):
-    """(x with each sequence's valid steps moved to the front, in time order; lengths (B,);
-    cnt (B, T): the number of valid steps at or before each t)."""
+def _compact(x, valid):
+    """x (B, T, I) with each sequence's valid steps (valid: (B, T) int32, 1 = valid) moved to
+    the front, in time order."""
     T = x.shape[1]
-    valid = ops.cast(mask, "int32")                                     # B,T
     # distinct keys: valid step t -> t, masked step t -> T + t; sorting them gives the gather
     key = (1 - valid) * T + ops.expand_dims(ops.arange(T, dtype="int32"), 0)
     order = ops.argsort(key, axis=1)                                    # B,T
-    x = ops.take_along_axis(x, ops.expand_dims(order, -1), axis=1)      # B,T,I
-    cnt = ops.cumsum(valid, axis=1)                                     # B,T
-    return x, ops.sum(valid, axis=1), cnt
+    return ops.take_along_axis(x, ops.expand_dims(order, -1), axis=1)   # B,T,I
+
+
+def _right_padded(mask):
+    """True when `mask` (B, T) is known to be right padding (valid steps first: the gather of
+    `_compact` is the identity and is skipped). Known only on the torch backend outside
+    torch.compile, where reading a value costs nothing; elsewhere (JAX traces, compiled torch)
+    False, and the gather runs."""
+    if _backend() != "torch":
+        return False
+    import torch
+
+    if torch.compiler.is_compiling():
+        return False
+    return not bool(torch.any(mask[:, 1:] & ~mask[:, :-1]))
 
 
 def _expand(y, cnt, before):
@@ -321,9 +334,12 @@ class _FastRNN:
             x = ops.flip(x, axis=1)
             mask = None if mask is None else ops.flip(mask, axis=1)
 
-        lengths = cnt = None
+        lengths = valid = None
         if mask is not None:
-            x, lengths, cnt = _compact(x, mask)
+            valid = ops.cast(mask, "int32")                                 # B,T
+            lengths = ops.sum(valid, axis=1)                                # B
+            if not _right_padded(mask):
+                x = _compact(x, valid)
         weights = _flat_weights(self._cell_kind, cell, dtype)
         kind = self._kernel_kind()
         if _backend() == "torch":
@@ -348,7 +364,7 @@ class _FastRNN:
             last = ops.where(ops.expand_dims(lengths > 0, -1), h_n, before)
         if not self.return_sequences:
             return last, ops.expand_dims(last, 1), new_states
-        outputs = _expand(y, cnt, before)
+        outputs = _expand(y, ops.cumsum(valid, axis=1), before)
         if self.zero_output_for_mask:
             outputs = ops.where(ops.expand_dims(mask, -1), outputs, ops.zeros_like(outputs))
         return last, outputs, new_states
