@@ -71,14 +71,27 @@ Options and what happens to them
 - Rejected with a ValueError naming the argument, when the layer is made: other activations
   (custom ones included), `recurrent_dropout > 0` (a new mask on h inside every step, which
   the fused kernel does not have), and `implementation=1` with `dropout > 0` (one input mask
-  per gate). Why an error and not a silent fallback to keras.layers' loop: that loop is about
-  10x slower on the CPU, and whoever chose fastrnn.keras should learn that from an error, not
-  from a profile; keras.layers.LSTM / GRU / SimpleRNN take the same arguments and weights,
-  so switching is a one-word change.
+  per gate). Why an error and not a silent fallback to keras.layers' loop: on the torch
+  backend that loop is 6-17x slower (below), and whoever chose fastrnn.keras should learn
+  that from an error, not from a profile; keras.layers.LSTM / GRU / SimpleRNN take the same
+  arguments and weights, so switching is a one-word change.
 
-Backends
+Backends, and what they gain
 - torch (CPU; CUDA tensors only when fastrnn's CUDA path is built, otherwise a TypeError from
   `fastrnn.torch`) and jax (CPU; see `fastrnn.jax` for the host round trip it costs).
+- One training step (train_on_batch, Adam) of the Keras IMDB model, Embedding(20000, 32) ->
+  LSTM(32) -> Dense(1), batch 100, 300 steps, one thread, medians of 9 interleaved steps on a
+  2-core x86-64 (AVX2) machine at load ~1.4: on torch, keras.layers.LSTM 854 ms and
+  fastrnn.keras.LSTM 51 ms (16.7x); with Embedding(mask_zero=True) and right padding 337 ms
+  and 53 ms (6.3x; Keras' masked loop is faster than its unmasked one on torch). On JAX,
+  keras.layers' loop is a `lax.scan` that XLA compiles under jit, and at this small size it
+  is already fast: 70 ms for keras.layers.LSTM against 106 ms for fastrnn.keras.LSTM, whose
+  kernel call crosses to the host and back through `jax.pure_callback` (fastrnn.jax's forward
+  and backward alone take ~65 ms there, against ~48 ms through fastrnn.torch). With LSTM(128)
+  (3 steps each, load ~2): torch 12.8 s against 231 ms (55x); JAX 405 ms against 552 ms,
+  where fastrnn.jax under jit takes about twice the functional API's time (528 against
+  252 ms forward and backward). So on JAX these layers give Keras-exact results through
+  fastrnn's kernels, not speed, until fastrnn.jax's call overhead shrinks.
 - TensorFlow, and any other Keras backend: constructing a layer raises a RuntimeError that says
   so. fastrnn has no TensorFlow op, and a fallback to keras.layers' TensorFlow path (which
   would be correct and fast on a GPU through cuDNN) would mean the layer silently does not do
@@ -317,7 +330,7 @@ class _FastRNN:
         cell = self.cell
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
         # float64 layers run in float64; all others in float32 (the kernels' CPU dtypes)
         dtype = "float64" if self.variable_dtype == "float64" else "float32"
         x = ops.cast(sequences, dtype)
