@@ -11,7 +11,8 @@ What is compared, each fastrnn layer against the keras.layers layer holding the 
 - outputs and states: LSTM, GRU (reset_after True and False), SimpleRNN (tanh, relu); with
   return_sequences / return_state, go_backwards, initial_state, masks that are right-padded
   (Embedding(mask_zero=True)), left-padded and holed, zero_output_for_mask, use_bias=False,
-  input dropout in training (same seed, same masks), stateful over two calls;
+  input dropout in training (same seed, same masks), stateful over two calls and in fit,
+  Bidirectional, a mixed_bfloat16 policy;
 - gradients of a loss of all outputs with respect to the variables, the input and the initial
   state (torch: loss.backward(); JAX: jax.grad of stateless_call), and the weights after one
   `model.fit` step with SGD(learning_rate=1) (so a weight difference is a gradient difference);
@@ -122,6 +123,10 @@ def test_gradients_match_keras_layers(res, cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru_before", "rnn_relu"])
 def test_one_fit_step_matches_keras_layers(res, cell):
     _check(res["fit_step"][cell], cell)
+
+
+def test_stateful_fit_matches_keras_layers(res):
+    _check(res["stateful_fit"], "stateful fit")
 
 
 def test_fit_trains(res):
@@ -356,6 +361,21 @@ def _child(outdir):
         fit_step[cell] = {v.path.split("/", 1)[1]: maxdiff(a, b) for v, a, b in
                           zip(ref.weights, ref.get_weights(), new.get_weights())}
     out["fit_step"] = fit_step
+
+    # ---- stateful inside fit: two epochs from the same weights, same weights and states after
+    def stateful_model(module):
+        return keras.Sequential([
+            keras.Input((T,), batch_size=B, dtype="int32"),
+            keras.layers.Embedding(20, I, mask_zero=True), module.LSTM(H, stateful=True),
+            keras.layers.Dense(1)])
+
+    ref, new = stateful_model(keras.layers), stateful_model(fk)
+    new.set_weights(ref.get_weights())
+    for m in (ref, new):
+        m.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), loss="mse")
+        m.fit(tokens, y_target, batch_size=B, epochs=2, verbose=0, shuffle=False)
+    out["stateful_fit"] = {"weights": maxdiff(ref.get_weights(), new.get_weights()),
+                           "states": maxdiff(ref.layers[1].states, new.layers[1].states)}
 
     # ---- a few epochs of fit lower the loss (a learnable toy: the sum of the tokens)
     toks = rng.integers(1, 10, (64, T)).astype("int32")
