@@ -78,7 +78,10 @@ Options and what happens to them
 
 Backends, and what they gain
 - torch (CPU; CUDA tensors only when fastrnn's CUDA path is built, otherwise a TypeError from
-  `fastrnn.torch`) and jax (CPU; see `fastrnn.jax` for the host round trip it costs).
+  `fastrnn.torch`, and never for the GRU with reset_after=False, which the op
+  `torch.ops.fastrnn.rnn_forward` lacks: that GRU runs through a small autograd.Function over
+  the functional API, on the CPU) and jax (CPU; see `fastrnn.jax` for the host round trip it
+  costs).
 - One training step (train_on_batch, Adam) of the Keras IMDB model, Embedding(20000, 32) ->
   LSTM(32) -> Dense(1), batch 100, 300 steps, one thread, medians of 9 interleaved steps on a
   2-core x86-64 (AVX2) machine at load ~1.4: on torch, keras.layers.LSTM 854 ms and
@@ -244,7 +247,6 @@ def _torch_gru_before_reset():
         @staticmethod
         def backward(ctx, dy, dh_n):
             grads = _api.gru_backward(ctx.saved, dy.detach().numpy(), dh_n.detach().numpy())
-            ctx.saved = None  # free the engine's reserve once used
             return (tensor(grads.dx), tensor(grads.dh0), None,
                     *[tensor(w) for w in grads.dweights])
 
@@ -259,6 +261,9 @@ def _run_torch_gru_before_reset(x, weights, h0, lengths):
     from . import torch as fastrnn_torch
 
     fastrnn_torch._check_supported(x, "sequences")
+    if x.device.type != "cpu":
+        raise TypeError(f"sequences: fastrnn.keras.GRU with reset_after=False runs on CPU "
+                        f"tensors only on the torch backend, got a tensor on {x.device}")
     if lengths is not None:
         lengths = lengths.cpu().long()
     y, h_n = _torch_gru_before_reset().apply(x, h0.unsqueeze(0), lengths, *weights)
