@@ -9,7 +9,12 @@ running text is set as prose and the rest as preformatted blocks, so the docstri
 reStructuredText.
 """
 
-import fastrnn
+import os
+
+# fastrnn.keras needs a Keras backend that runs fastrnn's kernels (tensorflow is not one)
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import fastrnn  # noqa: E402
 
 project = "fastrnn"
 author = "the fastrnn developers"

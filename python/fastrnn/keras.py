@@ -22,7 +22,7 @@ What they are
   `torch.ops.fastrnn.rnn_forward` of `fastrnn.torch` (autograd-aware: its backward runs
   fastrnn's backward kernel), on the JAX backend `fastrnn.jax.lstm / gru / rnn` (a
   `jax.custom_vjp`; it works under `jax.jit`, which Keras' JAX trainer uses).
-- Keras' variables are converted to fastrnn's layout (DESIGN.md) inside the traced computation,
+- Keras' variables are converted to fastrnn's layout (docs/design.md) inside the traced computation,
   with backend ops (transpose, gate-block reorder, split), so gradients reach the Keras
   variables: Keras kernels are (I, G*H) and computed as `x @ kernel`, fastrnn's w_ih is
   (G*H, I); the LSTM gate order i, f, c, o is fastrnn's i, f, g, o; the GRU's z, r, h becomes
@@ -163,7 +163,7 @@ def _check_options(layer, activations):
 
 
 # ----------------------------------------------------------------------------------------------
-# Keras variables -> fastrnn's flat weights (DESIGN.md), with backend ops (differentiable)
+# Keras variables -> fastrnn's flat weights (docs/design.md), with backend ops (differentiable)
 
 
 def _gate_blocks(a, order, axis):
