@@ -163,15 +163,18 @@ def _torch_runners(torch, cell, x, weights, layers):
     return {"inference": infer, "training": train}
 
 
-def _onnxruntime_runner(ort, cell, x, weights, layers, threads):
-    """An ONNX graph of `layers` LSTM/GRU/RNN operators (forward direction, PyTorch's GRU
-    variant) with fastrnn's weights converted by fastrnn.convert.to_onnx."""
+def _onnx_model(cell, weights, layers, shape, state=False):
+    """An ONNX model of `layers` LSTM/GRU/RNN operators (forward direction, PyTorch's GRU
+    variant) over x of `shape` (T, B, I), with fastrnn's weights converted by
+    fastrnn.convert.to_onnx. Without `state`: input X, output Y (T, 1, B, H) of the last
+    layer. With `state` (one layer): inputs X, initial_h (1, B, H) [, initial_c], outputs Y_h
+    [, Y_c] (1, B, H): the new state, so a caller can carry it from one call to the next."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from . import convert
 
-    T, B, I = x.shape
+    T, B, I = shape
     H = weights[1].shape[1]
     op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
     nodes, inits, inp = [], [], "X"
@@ -183,23 +186,46 @@ def _onnxruntime_runner(ort, cell, x, weights, layers, threads):
         if cell == "gru":
             attrs["linear_before_reset"] = 1
         out = f"Y{layer}"
-        nodes.append(helper.make_node(op, [inp] + names, [out], **attrs))
+        if state:
+            states = ["initial_h", "initial_c"] if cell == "lstm" else ["initial_h"]
+            outs = ["", "Y_h", "Y_c"] if cell == "lstm" else ["", "Y_h"]
+            nodes.append(helper.make_node(op, [inp] + names + [""] + states, outs, **attrs))
+        else:
+            nodes.append(helper.make_node(op, [inp] + names, [out], **attrs))
         if layer < layers - 1:  # (T, 1, B, H) -> (T, B, H) for the next layer
             axes = f"axes{layer}"
             inits.append(numpy_helper.from_array(np.array([1], np.int64), axes))
             nodes.append(helper.make_node("Squeeze", [out, axes], [f"X{layer + 1}"]))
             inp = f"X{layer + 1}"
-    graph = helper.make_graph(
-        nodes, "bench", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
-        [helper.make_tensor_value_info(f"Y{layers - 1}", TensorProto.FLOAT, [T, 1, B, H])], inits)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])]
+    if state:
+        if layers != 1:
+            raise ValueError(f"layers: the model with state inputs has one layer, got {layers}")
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, B, H]) for n in states]
+        outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, B, H])
+                   for n in outs if n]
+    else:
+        outputs = [helper.make_tensor_value_info(f"Y{layers - 1}", TensorProto.FLOAT,
+                                                 [T, 1, B, H])]
+    graph = helper.make_graph(nodes, "bench", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8  # what onnxruntime 1.32 reads
     onnx.checker.check_model(model)
+    return model
+
+
+def _onnx_session(ort, model, threads):
+    """An ONNX Runtime CPU session of `model` on `threads` intra-op threads."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime_runner(ort, cell, x, weights, layers, threads):
+    """ONNX Runtime's LSTM/GRU/RNN operators (see _onnx_model) over x, inference."""
+    session = _onnx_session(ort, _onnx_model(cell, weights, layers, x.shape), threads)
 
     def infer():
         return session.run(None, {"X": x})[0][:, 0]  # (T, 1, B, H) -> (T, B, H)
