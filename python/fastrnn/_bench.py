@@ -696,6 +696,9 @@ def run_streaming(rows=tuple(STREAM_ROWS), seq_rows=tuple(SEQ_ROWS), seq_threads
         if torch is not None:
             torch.set_num_threads(1)
         result += _run_stream_rows(rows, stream_grid, available, repeats, blas, out)
+        if blas is not None:  # the sequences' thread counts are fastrnn's and ORT's own
+            blas.unregister()
+            blas = None
         result += _run_seq_rows(seq_rows, seq_grid, seq_threads, available, repeats, out)
     finally:
         if blas is not None:
