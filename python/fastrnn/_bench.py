@@ -413,6 +413,7 @@ STREAM_COLUMNS = {"prepare_step": "prepare.step", "functional": "*_forward", "fa
 SEQ_COLUMNS = {"prepared": "net(x)", "functional": "*_forward", "onnxruntime": "ONNX Runtime"}
 STREAM_REPEATS, STREAM_QUICK_REPEATS = 15, 5  # timed blocks of calls per contender
 STREAM_BLOCK_SECONDS = 0.004  # a block runs this long, about (calls per block set by a warm-up)
+SEQ_BLOCK_SECONDS = 0.02  # the sequences' blocks: several calls of a few ms each
 STREAM_INPUTS = 8  # distinct x_t, cycled through: the inputs change from call to call
 # Before each block at more than one thread: ONNX Runtime's intra-op workers spin for a while
 # after a call returns, and would take a core from the next contender (see SETTLE_SECONDS).
@@ -593,7 +594,8 @@ def _interleaved(fns, repeats, block_seconds=STREAM_BLOCK_SECONDS, settle=0.0):
     After a warm-up that also sizes each fn's block (about block_seconds of calls), each of
     `repeats` rounds times one block of every fn in turn, the order rotated from round to
     round, so drift of the machine (other processes, frequency) hits every contender alike.
-    settle: seconds to sleep before each block."""
+    settle: seconds to sleep before each block, which then starts with one untimed call (it
+    wakes the thread pools that the sleep let doze off)."""
     names = list(fns)
     calls = {}
     for name in names:
@@ -610,6 +612,7 @@ def _interleaved(fns, repeats, block_seconds=STREAM_BLOCK_SECONDS, settle=0.0):
             fn, n = fns[name], calls[name]
             if settle:
                 time.sleep(settle)
+                fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -758,7 +761,9 @@ def _run_stream_rows(names, grid, available, repeats, blas, out):
 def _run_seq_rows(names, grid, threads, available, repeats, out):
     if not names:
         return []
-    print("\nWhole batch-1 sequences, one call each; ms per call", file=out)
+    print(f"\nWhole batch-1 sequences, one call each; ms per call (blocks of ~"
+          f"{1e3 * SEQ_BLOCK_SECONDS:.0f} ms; at more than one thread each block follows a "
+          f"{1e3 * SEQ_SETTLE_SECONDS:.0f} ms pause and one untimed call)", file=out)
     header = f"{'row':21} {'threads':>7}" + "".join(f" {t:>13}" for t in SEQ_COLUMNS.values())
     header += f" {'net(x) vs ORT':>13} {'fwd vs ORT':>11}"
     print(header, file=out)
@@ -771,7 +776,8 @@ def _run_seq_rows(names, grid, threads, available, repeats, out):
             weights = _weights(cell, I, H, 1, rng)
             x = rng.standard_normal((T, B, I)).astype(np.float32)
             runners = _seq_runners(cell, x, weights, available, n)
-            times, calls = _interleaved(runners, repeats, settle=SEQ_SETTLE_SECONDS if n > 1 else 0)
+            times, calls = _interleaved(runners, repeats, SEQ_BLOCK_SECONDS,
+                                        settle=SEQ_SETTLE_SECONDS if n > 1 else 0)
             del runners  # ends ONNX Runtime's session and its threads
             gc.collect()
             ms = {k: 1e3 * times[k][0] if k in times else None for k in SEQ_COLUMNS}
