@@ -416,8 +416,11 @@ STREAM_BLOCK_SECONDS = 0.004  # a block runs this long, about (calls per block s
 SEQ_BLOCK_SECONDS = 0.02  # the sequences' blocks: several calls of a few ms each
 STREAM_INPUTS = 8  # distinct x_t, cycled through: the inputs change from call to call
 # Before each block at more than one thread: ONNX Runtime's intra-op workers spin for a while
-# after a call returns, and would take a core from the next contender (see SETTLE_SECONDS).
-SEQ_SETTLE_SECONDS = 0.02
+# after a call returns and take a core from the next contender (see SETTLE_SECONDS). Measured
+# on 2 cores, GRU T=100 at 2 threads: after a 20 ms pause fastrnn's blocks that follow ONNX
+# Runtime's still ran at 3-4x their time (net(x) 2.8 against 1.2 ms, the median of 10 rounds);
+# after 200 ms, or with ONNX Runtime's spinning turned off, they did not.
+SEQ_SETTLE_SECONDS = SETTLE_SECONDS
 
 
 def _numpy_step(cell, weights):
@@ -601,11 +604,14 @@ def _interleaved(fns, repeats, block_seconds=STREAM_BLOCK_SECONDS, settle=0.0):
     for name in names:
         fn = fns[name]
         fn()  # first call: lazy set-up (plans, sessions, caches) outside the timing
-        n, t0 = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - t0 < 2 * block_seconds:
+        warm, start = [], time.perf_counter()
+        while len(warm) < 5 or time.perf_counter() - start < 2 * block_seconds:
+            t0 = time.perf_counter()
             fn()
-            n += 1
-        calls[name] = max(1, round(block_seconds * n / (time.perf_counter() - t0)))
+            warm.append(time.perf_counter() - t0)
+        # the median call, so that one slow warm-up call (a page fault, a preempted thread)
+        # does not shrink the blocks to a call or two; at least 3 calls per block
+        calls[name] = max(3, round(block_seconds / float(np.median(warm))))
     per_call = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
