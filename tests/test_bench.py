@@ -5,6 +5,7 @@ tables print, and the command line refuses bad arguments. No timing is asserted:
 noisy, and speed claims come from the benchmark itself.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -87,9 +88,102 @@ def test_fma_peak_leaves_the_thread_count():
     (["--threads", "two"], "--threads: expected comma-separated ints, got 'two'"),
     (["--shape", "5,3,4"], "--shape: expected T,B,I,H or T,B,I,H,L of ints >= 1, got '5,3,4'"),
     (["--peers", "tensorflow"], "--peers: expected names from torch,onnxruntime,reference"),
+    (["--repeats", "0"], "--repeats: expected an int >= 1, got 0"),
+    (["--streaming", "--device", "cuda"], "--streaming: the streaming section runs on the CPU"),
 ])
 def test_command_line_refuses_bad_arguments(args, message):
     run = subprocess.run([sys.executable, "-m", "fastrnn", "bench", *args], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode != 0
     assert message in run.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# --streaming: one time step per call, state carried; batch-1 sequences
+
+
+def _numpy(y):
+    return y.numpy() if hasattr(y, "numpy") else np.asarray(y)  # torch's steps give tensors
+
+
+def _inference_mode():
+    torch = _bench._import_peer("torch")
+    return torch.inference_mode() if torch is not None else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("contender", list(_bench.STREAM_COLUMNS))
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_streaming_runners_compute_what_fastrnn_computes(cell, contender):
+    # K inputs, cycled twice: 2K steps must equal one forward call over the 2K inputs, so each
+    # runner carries its state from call to call (and the wrap-around keeps it too)
+    K = 4
+    available = {p: _bench._import_peer(p) for p in ("torch", "onnxruntime")}
+    rng = np.random.default_rng(0)
+    weights = _bench._weights(cell, I, H, 1, rng)
+    xs = rng.standard_normal((K, B, I)).astype(np.float32)
+    with _inference_mode():
+        runners = _bench._stream_runners(cell, xs, weights, available)
+        if contender not in runners:
+            pytest.skip(f"{contender}: its peer is not installed")
+        theirs = np.stack([_numpy(runners[contender]()).copy() for _ in range(2 * K)])
+    ours = getattr(fastrnn, f"{cell}_forward")(np.concatenate([xs, xs]), weights).y
+    assert theirs.shape == ours.shape == (2 * K, B, H)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)  # float32, O(1) values
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_sequence_runners_compute_what_fastrnn_computes(cell):
+    available = {p: _bench._import_peer(p) for p in ("torch", "onnxruntime")}
+    rng = np.random.default_rng(0)
+    weights = _bench._weights(cell, I, H, 1, rng)
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    ours = getattr(fastrnn, f"{cell}_forward")(x, weights).y
+    runners = _bench._seq_runners(cell, x, weights, available, 1)
+    assert set(runners) >= {"prepared", "functional"}
+    assert ("onnxruntime" in runners) == (available["onnxruntime"] is not None)
+    for name, fn in runners.items():
+        theirs = fn()
+        assert theirs.shape == ours.shape == (T, 1, H), name
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_streaming_rows_and_json(capsys):
+    threads = fastrnn.backends()["cpu"]["threads"]
+    rows = _bench.run_streaming(rows=["tiny"], seq_rows=["tiny seq"], seq_threads=(1, 2),
+                                repeats=1, custom={"tiny": ("gru", 2, I, H)},
+                                custom_seq={"tiny seq": ("lstm", T, 1, I, H)})
+    table = capsys.readouterr().out
+    assert fastrnn.backends()["cpu"]["threads"] == threads  # restored
+    assert [(r["section"], r["threads"]) for r in rows] == [
+        ("streaming", 1), ("sequence", 1), ("sequence", 2)]
+    stream, seqs = rows[0], rows[1:]
+    assert (stream["cell"], stream["T"], stream["B"], stream["H"]) == ("gru", 1, 2, H)
+    for key in ("prepare_step", "functional", "numpy_step"):
+        assert stream[f"{key}_us"] > 0
+    if _bench._import_peer("onnxruntime") is not None:
+        best = min(stream["onnxruntime_us"], stream["numpy_step_us"])
+        assert stream["speedup_step_vs_best_of_onnxruntime_numpy"] == pytest.approx(
+            best / stream["prepare_step_us"])
+    assert stream["speedup_functional_vs_numpy_step"] == pytest.approx(
+        stream["numpy_step_us"] / stream["functional_us"])
+    if _bench._import_peer("torch") is not None:
+        assert stream["speedup_fastrnn_torch_vs_torch_nn"] == pytest.approx(
+            stream["torch_nn_us"] / stream["fastrnn_torch_us"])
+    else:
+        assert stream["fastrnn_torch_us"] is None and "-" in table
+    for row in seqs:
+        assert row["prepared_ms"] > 0 and row["functional_ms"] > 0 and row["T"] == T
+        if _bench._import_peer("onnxruntime") is not None:
+            assert row["speedup_prepared_vs_onnxruntime"] == pytest.approx(
+                row["onnxruntime_ms"] / row["prepared_ms"])
+    assert all(r["cpu"] == _bench.cpu_model() and r["repeats"] == 1 for r in rows)
+    assert "tiny " in table and "tiny seq" in table and "load average" in table
+    assert _bench.cpu_model() in table and "median over 1 blocks" in table
+    json.dumps(rows)  # what --json writes
+
+
+def test_streaming_is_on_the_command_line():
+    run = subprocess.run([sys.executable, "-m", "fastrnn", "bench", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "--streaming" in run.stdout
+    assert "--streaming" in _bench.__doc__

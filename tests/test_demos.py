@@ -82,3 +82,27 @@ def test_sentiment_beats_majority():
     assert m["test_reviews"] > 2000 and 0.5 < m["majority_accuracy"] < 0.65, m
     assert m["test_accuracy"] >= m["majority_accuracy"] + 0.1, m
     assert "sentiment [" in err
+
+
+@needs_torch
+def test_ptb_step_evaluation_equals_the_windowed_one():
+    # batch 1, one net.step per word (the tutorial's test-time evaluation) is the same function
+    # as the model over 35-word windows of batch 1: equal up to float32 rounding (measured
+    # 5e-7 relative), on weights large enough that a wrong layer or state would show
+    import numpy as np
+    import torch
+
+    from fastrnn.__main__ import _demo_module
+
+    ptb = _demo_module("ptb")
+    torch.manual_seed(0)
+    model = ptb.LanguageModel(50)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.5, 0.5)
+    ids = np.random.default_rng(0).integers(0, 50, 3 * ptb.STEPS + 1).tolist()
+    step_loss, per_word, per_step = ptb.step_evaluate(model, ids)
+    zeros = (torch.zeros(ptb.LAYERS, 1, ptb.HIDDEN), torch.zeros(ptb.LAYERS, 1, ptb.HIDDEN))
+    window_loss, _, windows = ptb.run_epoch(model, ptb.batchify(ids, 1), zeros)
+    assert windows == 3 and per_word >= per_step > 0
+    assert step_loss == pytest.approx(window_loss, rel=1e-5)

@@ -12,10 +12,25 @@ also gives the machine's float32 FMA peak (a loop of multiply-adds alone), the c
 GEMM. Peers are imported lazily and skipped when missing. Not here: correctness
 (`python -m fastrnn check`).
 
+Streaming (`--streaming`, instead of the grid): serving, streaming and generation, where a
+call is one time step and the state is carried from call to call. STREAM_ROWS (LSTM T=1 at
+B=1 I=H=256, B=1 I=H=512, B=16 I=H=256; GRU T=1 B=1 I=H=256), one thread everywhere (fastrnn,
+torch, ONNX Runtime's intra-op pool, NumPy's BLAS through threadpoolctl), float32, µs per call:
+fastrnn.prepare(...).step with out=, lstm_forward / gru_forward at T=1, fastrnn.torch.LSTM,
+torch.nn.LSTM (modules with their state, under torch.inference_mode), torch.nn.LSTMCell /
+GRUCell, ONNX Runtime (an LSTM / GRU node over T=1, state in and out) and the NumPy step a user
+would write (_numpy_step). Then SEQ_ROWS: whole batch-1 sequences (T=100, I=H=256) through a
+prepared network's net(x) and lstm_forward / gru_forward against ONNX Runtime, at 1 and 2
+threads. All contenders of a row run in one process, timed in round-robin blocks of calls
+(_interleaved), so drift of the machine hits all alike; each number is the median over the
+blocks. Every runner computes what fastrnn computes (tests/test_bench.py).
+
 CUDA (`--device cuda`): fastrnn's CUDA engine against torch.nn / cuDNN over a fixed grid.
 """
 
+import contextlib
 import gc
+import itertools
 import json
 import os
 import subprocess
@@ -163,15 +178,18 @@ def _torch_runners(torch, cell, x, weights, layers):
     return {"inference": infer, "training": train}
 
 
-def _onnxruntime_runner(ort, cell, x, weights, layers, threads):
-    """An ONNX graph of `layers` LSTM/GRU/RNN operators (forward direction, PyTorch's GRU
-    variant) with fastrnn's weights converted by fastrnn.convert.to_onnx."""
+def _onnx_model(cell, weights, layers, shape, state=False):
+    """An ONNX model of `layers` LSTM/GRU/RNN operators (forward direction, PyTorch's GRU
+    variant) over x of `shape` (T, B, I), with fastrnn's weights converted by
+    fastrnn.convert.to_onnx. Without `state`: input X, output Y (T, 1, B, H) of the last
+    layer. With `state` (one layer): inputs X, initial_h (1, B, H) [, initial_c], outputs Y_h
+    [, Y_c] (1, B, H): the new state, so a caller can carry it from one call to the next."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from . import convert
 
-    T, B, I = x.shape
+    T, B, I = shape
     H = weights[1].shape[1]
     op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
     nodes, inits, inp = [], [], "X"
@@ -183,23 +201,46 @@ def _onnxruntime_runner(ort, cell, x, weights, layers, threads):
         if cell == "gru":
             attrs["linear_before_reset"] = 1
         out = f"Y{layer}"
-        nodes.append(helper.make_node(op, [inp] + names, [out], **attrs))
+        if state:
+            states = ["initial_h", "initial_c"] if cell == "lstm" else ["initial_h"]
+            outs = ["", "Y_h", "Y_c"] if cell == "lstm" else ["", "Y_h"]
+            nodes.append(helper.make_node(op, [inp] + names + [""] + states, outs, **attrs))
+        else:
+            nodes.append(helper.make_node(op, [inp] + names, [out], **attrs))
         if layer < layers - 1:  # (T, 1, B, H) -> (T, B, H) for the next layer
             axes = f"axes{layer}"
             inits.append(numpy_helper.from_array(np.array([1], np.int64), axes))
             nodes.append(helper.make_node("Squeeze", [out, axes], [f"X{layer + 1}"]))
             inp = f"X{layer + 1}"
-    graph = helper.make_graph(
-        nodes, "bench", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
-        [helper.make_tensor_value_info(f"Y{layers - 1}", TensorProto.FLOAT, [T, 1, B, H])], inits)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])]
+    if state:
+        if layers != 1:
+            raise ValueError(f"layers: the model with state inputs has one layer, got {layers}")
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, B, H]) for n in states]
+        outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, B, H])
+                   for n in outs if n]
+    else:
+        outputs = [helper.make_tensor_value_info(f"Y{layers - 1}", TensorProto.FLOAT,
+                                                 [T, 1, B, H])]
+    graph = helper.make_graph(nodes, "bench", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8  # what onnxruntime 1.32 reads
     onnx.checker.check_model(model)
+    return model
+
+
+def _onnx_session(ort, model, threads):
+    """An ONNX Runtime CPU session of `model` on `threads` intra-op threads."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime_runner(ort, cell, x, weights, layers, threads):
+    """ONNX Runtime's LSTM/GRU/RNN operators (see _onnx_model) over x, inference."""
+    session = _onnx_session(ort, _onnx_model(cell, weights, layers, x.shape), threads)
 
     def infer():
         return session.run(None, {"X": x})[0][:, 0]  # (T, 1, B, H) -> (T, B, H)
@@ -341,6 +382,427 @@ def _run_grid(grid, shapes, cells, modes, threads, repeats, peers, available, pr
     return rows
 
 
+# ----------------------------------------------------------------------------------------------
+# Streaming: one time step per call with the state carried from call to call (serving,
+# streaming, generation), and whole batch-1 sequences. Every contender runs in this one
+# process, float32, timed in round-robin blocks of calls (_interleaved).
+
+# name -> (cell, B, I, H): one layer, one time step per call, one thread
+STREAM_ROWS = {
+    "lstm B=1 H=256": ("lstm", 1, 256, 256),
+    "lstm B=1 H=512": ("lstm", 1, 512, 512),
+    "lstm B=16 H=256": ("lstm", 16, 256, 256),
+    "gru B=1 H=256": ("gru", 1, 256, 256),
+}
+# name -> (cell, T, B, I, H): one layer, the whole sequence per call, at each of SEQ_THREADS
+SEQ_ROWS = {
+    "lstm T=100 B=1 H=256": ("lstm", 100, 1, 256, 256),
+    "gru T=100 B=1 H=256": ("gru", 100, 1, 256, 256),
+}
+SEQ_THREADS = (1, 2)
+# contender -> column title. prepare_step: fastrnn.prepare(...).step(x_t, h, c, out=(h, c));
+# functional: *_forward on (1, B, I) with h0 (, c0); fastrnn_torch / torch_nn: the module on
+# (1, B, I) with its state, under torch.inference_mode; torch_cell: torch.nn.LSTMCell / GRUCell;
+# onnxruntime: an LSTM / GRU node over T=1 with initial_h (, initial_c) in and Y_h (, Y_c) out;
+# numpy_step: the NumPy lines a user would write (_numpy_step).
+STREAM_COLUMNS = {"prepare_step": "prepare.step", "functional": "*_forward", "fastrnn_torch":
+                  "fastrnn.torch", "torch_nn": "torch.nn", "torch_cell": "torch *Cell",
+                  "onnxruntime": "ONNX Runtime", "numpy_step": "NumPy step"}
+# prepared: fastrnn.prepare(...)(x); functional: *_forward(x, weights); onnxruntime: a node
+# over all T steps (the grid's runner)
+SEQ_COLUMNS = {"prepared": "net(x)", "functional": "*_forward", "onnxruntime": "ONNX Runtime"}
+STREAM_REPEATS, STREAM_QUICK_REPEATS = 15, 5  # timed blocks of calls per contender
+STREAM_BLOCK_SECONDS = 0.004  # a block runs this long, about (calls per block set by a warm-up)
+SEQ_BLOCK_SECONDS = 0.02  # the sequences' blocks: several calls of a few ms each
+STREAM_INPUTS = 8  # distinct x_t, cycled through: the inputs change from call to call
+# Before each block at more than one thread: ONNX Runtime's intra-op workers spin for a while
+# after a call returns and take a core from the next contender (see SETTLE_SECONDS). Measured
+# on 2 cores, GRU T=100 at 2 threads: after a 20 ms pause fastrnn's blocks that follow ONNX
+# Runtime's still ran at 3-4x their time (net(x) 2.8 against 1.2 ms, the median of 10 rounds);
+# after 200 ms, or with ONNX Runtime's spinning turned off, they did not.
+SEQ_SETTLE_SECONDS = SETTLE_SECONDS
+
+
+def _numpy_step(cell, weights):
+    """One time step as a NumPy user writes it: step(x (B, I), h (B, H), c) -> (h, c), with
+    c None for the GRU. weights: w_ih, w_hh, b_ih, b_hh of one layer (torch layout)."""
+    W_ih, W_hh, b_ih, b_hh = weights
+    H = W_hh.shape[1]
+
+    def sigmoid(a):
+        return 1 / (1 + np.exp(-a))
+
+    def lstm_step(x, h, c):
+        a = x @ W_ih.T + b_ih + h @ W_hh.T + b_hh  # B,4H: gates i, f, g, o
+        i, f, o = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), sigmoid(a[:, 3 * H:])
+        c = f * c + i * np.tanh(a[:, 2 * H:3 * H])
+        return o * np.tanh(c), c
+
+    def gru_step(x, h, c=None):
+        gi, gh = x @ W_ih.T + b_ih, h @ W_hh.T + b_hh  # B,3H: gates r, z, n
+        r = sigmoid(gi[:, :H] + gh[:, :H])
+        z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        return (1 - z) * n + z * h, None
+
+    return lstm_step if cell == "lstm" else gru_step
+
+
+# Streaming runners: each returns step(), which runs one time step of a one-layer network on
+# the next of xs (K, B, I) float32 (cycling), keeps the new state for the next call and returns
+# this step's output (B, H) (a NumPy array, or a torch tensor for torch's). Torch's
+# steps must run under torch.inference_mode() (run_streaming times them inside it).
+
+def _stream_prepared(cell, xs, weights):
+    from ._prepared import prepare
+
+    net = prepare(cell, weights)
+    B, H = xs.shape[1], weights[1].shape[1]
+    h = np.zeros((1, B, H), xs.dtype)
+    c = np.zeros((1, B, H), xs.dtype) if cell == "lstm" else None
+    inputs = itertools.cycle(list(xs))
+
+    def step():
+        net.step(next(inputs), h, c, out=(h, c))  # the state is updated in place
+        return h[0]
+
+    return step
+
+
+def _stream_functional(cell, xs, weights):
+    fwd = getattr(_api, f"{cell}_forward")
+    B, H = xs.shape[1], weights[1].shape[1]
+    state = {"h0": np.zeros((1, B, H), xs.dtype)}
+    if cell == "lstm":
+        state["c0"] = np.zeros((1, B, H), xs.dtype)
+    inputs = itertools.cycle([x[None] for x in xs])  # (1, B, I): T = 1
+
+    def step():
+        out = fwd(next(inputs), weights, **state)
+        state["h0"] = out.h_n
+        if cell == "lstm":
+            state["c0"] = out.c_n
+        return out.y[0]
+
+    return step
+
+
+def _stream_torch_module(torch, cls, cell, xs, weights):
+    """cls: torch.nn.LSTM / GRU or fastrnn.torch's."""
+    _, B, I = xs.shape
+    H = weights[1].shape[1]
+    mod = cls(I, H)
+    with torch.no_grad():
+        for p, w in zip(mod._flat_weights, weights):
+            p.copy_(torch.from_numpy(w))
+    zeros = torch.zeros(1, B, H)
+    state = [(zeros, zeros.clone()) if cell == "lstm" else zeros]
+    inputs = itertools.cycle([torch.from_numpy(x[None].copy()) for x in xs])
+
+    def step():
+        y, state[0] = mod(next(inputs), state[0])
+        return y[0]
+
+    return step
+
+
+def _stream_torch_cell(torch, cell, xs, weights):
+    _, B, I = xs.shape
+    H = weights[1].shape[1]
+    mod = (torch.nn.LSTMCell if cell == "lstm" else torch.nn.GRUCell)(I, H)
+    with torch.no_grad():
+        for p, w in zip((mod.weight_ih, mod.weight_hh, mod.bias_ih, mod.bias_hh), weights):
+            p.copy_(torch.from_numpy(w))
+    zeros = torch.zeros(B, H)
+    state = [(zeros, zeros.clone()) if cell == "lstm" else zeros]
+    inputs = itertools.cycle([torch.from_numpy(x.copy()) for x in xs])
+
+    def step():
+        state[0] = mod(next(inputs), state[0])
+        return state[0][0] if cell == "lstm" else state[0]
+
+    return step
+
+
+def _stream_onnxruntime(ort, cell, xs, weights):
+    _, B, I = xs.shape
+    H = weights[1].shape[1]
+    session = _onnx_session(ort, _onnx_model(cell, weights, 1, (1, B, I), state=True), 1)
+    names = ["Y_h", "Y_c"] if cell == "lstm" else ["Y_h"]
+    feed = {"initial_h": np.zeros((1, B, H), np.float32)}
+    if cell == "lstm":
+        feed["initial_c"] = np.zeros((1, B, H), np.float32)
+    inputs = itertools.cycle([x[None] for x in xs])
+
+    def step():
+        feed["X"] = next(inputs)
+        new = session.run(names, feed)
+        feed["initial_h"] = new[0]
+        if cell == "lstm":
+            feed["initial_c"] = new[1]
+        return new[0][0]
+
+    return step
+
+
+def _stream_numpy(cell, xs, weights):
+    step_fn = _numpy_step(cell, weights)
+    B, H = xs.shape[1], weights[1].shape[1]
+    state = [np.zeros((B, H), xs.dtype), np.zeros((B, H), xs.dtype) if cell == "lstm" else None]
+    inputs = itertools.cycle(list(xs))
+
+    def step():
+        state[:] = step_fn(next(inputs), *state)
+        return state[0]
+
+    return step
+
+
+def _stream_runners(cell, xs, weights, available):
+    """{contender: step} for the contenders of STREAM_COLUMNS whose peers are installed;
+    available: {"torch": module or None, "onnxruntime": module or None}."""
+    runners = {"prepare_step": _stream_prepared(cell, xs, weights),
+               "functional": _stream_functional(cell, xs, weights)}
+    torch = available.get("torch")
+    if torch is not None:
+        import fastrnn.torch as fastrnn_torch
+
+        name = {"lstm": "LSTM", "gru": "GRU"}[cell]
+        runners["fastrnn_torch"] = _stream_torch_module(torch, getattr(fastrnn_torch, name),
+                                                        cell, xs, weights)
+        runners["torch_nn"] = _stream_torch_module(torch, getattr(torch.nn, name), cell, xs,
+                                                   weights)
+        runners["torch_cell"] = _stream_torch_cell(torch, cell, xs, weights)
+    if available.get("onnxruntime") is not None:
+        runners["onnxruntime"] = _stream_onnxruntime(available["onnxruntime"], cell, xs, weights)
+    runners["numpy_step"] = _stream_numpy(cell, xs, weights)
+    return runners
+
+
+def _seq_runners(cell, x, weights, available, threads):
+    """{contender: fn} of SEQ_COLUMNS: fn() returns y (T, B, H) of the whole sequence x."""
+    from ._prepared import prepare
+
+    net = prepare(cell, weights)
+    runners = {"prepared": lambda: net(x).y,
+               "functional": _fastrnn_runners(cell, x, weights, 1, "cpu")[0]["inference"]}
+    if available.get("onnxruntime") is not None:
+        runners["onnxruntime"] = _onnxruntime_runner(available["onnxruntime"], cell, x, weights,
+                                                     1, threads)["inference"]
+    return runners
+
+
+def _interleaved(fns, repeats, block_seconds=STREAM_BLOCK_SECONDS, settle=0.0):
+    """({name: (median, min) seconds per call}, {name: calls per block}) of fns {name: fn}.
+    After a warm-up that also sizes each fn's block (about block_seconds of calls), each of
+    `repeats` rounds times one block of every fn in turn, the order rotated from round to
+    round, so drift of the machine (other processes, frequency) hits every contender alike.
+    settle: seconds to sleep before each block, which then starts with one untimed call (it
+    wakes the thread pools that the sleep let doze off)."""
+    names = list(fns)
+    calls = {}
+    for name in names:
+        fn = fns[name]
+        fn()  # first call: lazy set-up (plans, sessions, caches) outside the timing
+        warm, start = [], time.perf_counter()
+        while len(warm) < 5 or time.perf_counter() - start < 2 * block_seconds:
+            t0 = time.perf_counter()
+            fn()
+            warm.append(time.perf_counter() - t0)
+        # the median call, so that one slow warm-up call (a page fault, a preempted thread)
+        # does not shrink the blocks to a call or two; at least 3 calls per block
+        calls[name] = max(3, round(block_seconds / float(np.median(warm))))
+    per_call = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = fns[name], calls[name]
+            if settle:
+                time.sleep(settle)
+                fn()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            per_call[name].append((time.perf_counter() - t0) / n)
+    return {k: (float(np.median(v)), min(v)) for k, v in per_call.items()}, calls
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo, else lscpu, else platform), or "unknown"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        run = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10)
+        for line in run.stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def _load():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _numpy_blas_one_thread():
+    """A context that runs NumPy's BLAS on one thread (threadpoolctl), or None without it."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl.threadpool_limits(1, user_api="blas")
+
+
+def _ratio(peer, ours):
+    return peer / ours if peer is not None and ours is not None else None
+
+
+def _fmt(value, width, digits=1, unit=""):
+    """value in `width` characters with `digits` decimals and `unit`; "-" when None."""
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{value:{width - len(unit)}.{digits}f}{unit}"
+
+
+def run_streaming(rows=tuple(STREAM_ROWS), seq_rows=tuple(SEQ_ROWS), seq_threads=SEQ_THREADS,
+                  repeats=STREAM_REPEATS, out=None, custom=None, custom_seq=None):
+    """Time the streaming section (see STREAM_COLUMNS, SEQ_COLUMNS); print its two tables to
+    `out` (default stdout) and return the rows. custom / custom_seq: extra rows
+    {name: (cell, B, I, H)} / {name: (cell, T, B, I, H)} that `rows` / `seq_rows` may name."""
+    out = sys.stdout if out is None else out
+    stream_grid = dict(STREAM_ROWS, **(custom or {}))
+    seq_grid = dict(SEQ_ROWS, **(custom_seq or {}))
+    available = {p: _import_peer(p) for p in ("torch", "onnxruntime")}
+    torch = available["torch"]
+    missing = [p for p, m in available.items() if m is None]
+    info = _backends.backends()["cpu"]
+    restore = (info["threads"], torch.get_num_threads() if torch is not None else None)
+    versions = [f"numpy {np.__version__}"] + [
+        f"{p} {m.__version__}" for p, m in available.items() if m is not None]
+    load_start = _load()
+    blas = _numpy_blas_one_thread()
+    print(f"fastrnn bench --streaming: float32 on {cpu_model()} ({os.cpu_count()} CPUs), "
+          f"kernels {info.get('simd')}, {info.get('blas')}; {', '.join(versions)}"
+          + (f" (not installed: {', '.join(missing)})" if missing else "")
+          + f"; load average (1 min) at start: {load_start}", file=out)
+    print(f"Each number: the median over {repeats} blocks of calls (each ~"
+          f"{1e3 * STREAM_BLOCK_SECONDS:.0f} ms, after a warm-up) of the µs per call; the "
+          "contenders' blocks run in turn, round-robin, in this one process. Speedup = the "
+          "peer's µs / fastrnn's µs.", file=out)
+    result = []
+    try:
+        _backends.set_num_threads(1)
+        if torch is not None:
+            torch.set_num_threads(1)
+        result += _run_stream_rows(rows, stream_grid, available, repeats, blas, out)
+        if blas is not None:  # the sequences' thread counts are fastrnn's and ORT's own
+            blas.unregister()
+            blas = None
+        result += _run_seq_rows(seq_rows, seq_grid, seq_threads, available, repeats, out)
+    finally:
+        if blas is not None:
+            blas.unregister()
+        _backends.set_num_threads(restore[0])
+        if restore[1] is not None:
+            torch.set_num_threads(restore[1])
+    load_end = _load()
+    print(f"load average (1 min) at the end: {load_end}", file=out)
+    for row in result:
+        row["cpu"], row["load_start"], row["load_end"] = cpu_model(), load_start, load_end
+    return result
+
+
+def _run_stream_rows(names, grid, available, repeats, blas, out):
+    torch = available["torch"]
+    print(f"\nOne time step per call, state carried; 1 thread (fastrnn, torch, ONNX Runtime "
+          f"intra-op; NumPy's BLAS {'too' if blas is not None else 'unlimited: no threadpoolctl'}"
+          "); µs per call", file=out)
+    header = f"{'row':17}" + "".join(f" {t:>13}" for t in STREAM_COLUMNS.values())
+    header += f" {'step vs best':>12} {'fwd vs NumPy':>12} {'fr.torch vs':>11}"
+    print(header, file=out)
+    print(f"{'':17}" + " " * 14 * len(STREAM_COLUMNS)
+          + f" {'(ORT, NumPy)':>12} {'step':>12} {'torch.nn':>11}", file=out)
+    rows = []
+    context = torch.inference_mode if torch is not None else contextlib.nullcontext
+    for name in names:
+        cell, B, I, H = grid[name]
+        rng = np.random.default_rng(0)
+        weights = _weights(cell, I, H, 1, rng)
+        xs = rng.standard_normal((STREAM_INPUTS, B, I)).astype(np.float32)
+        with context():
+            runners = _stream_runners(cell, xs, weights, available)
+            times, calls = _interleaved(runners, repeats)
+        del runners
+        gc.collect()
+        us = {k: 1e6 * times[k][0] if k in times else None for k in STREAM_COLUMNS}
+        row = {"section": "streaming", "row": name, "cell": cell, "T": 1, "B": B, "I": I, "H": H,
+               "layers": 1, "threads": 1, "dtype": "float32", "repeats": repeats,
+               "calls_per_block": calls}
+        for k in STREAM_COLUMNS:
+            row[f"{k}_us"] = us[k]
+            row[f"{k}_us_min"] = 1e6 * times[k][1] if k in times else None
+        best = min((v for v in (us["onnxruntime"], us["numpy_step"]) if v is not None))
+        row["speedup_step_vs_best_of_onnxruntime_numpy"] = _ratio(best, us["prepare_step"])
+        row["speedup_functional_vs_numpy_step"] = _ratio(us["numpy_step"], us["functional"])
+        row["speedup_fastrnn_torch_vs_torch_nn"] = _ratio(us["torch_nn"], us["fastrnn_torch"])
+        line = f"{name:17}" + "".join(f" {_fmt(us[k], 13)}" for k in STREAM_COLUMNS)
+        line += (f" {_fmt(row['speedup_step_vs_best_of_onnxruntime_numpy'], 12, 2, 'x')}"
+                 f" {_fmt(row['speedup_functional_vs_numpy_step'], 12, 2, 'x')}"
+                 f" {_fmt(row['speedup_fastrnn_torch_vs_torch_nn'], 11, 2, 'x')}")
+        print(line, file=out, flush=True)
+        rows.append(row)
+    return rows
+
+
+def _run_seq_rows(names, grid, threads, available, repeats, out):
+    if not names:
+        return []
+    print(f"\nWhole batch-1 sequences, one call each; ms per call (blocks of ~"
+          f"{1e3 * SEQ_BLOCK_SECONDS:.0f} ms; at more than one thread each block follows a "
+          f"{1e3 * SEQ_SETTLE_SECONDS:.0f} ms pause and one untimed call)", file=out)
+    header = f"{'row':21} {'threads':>7}" + "".join(f" {t:>13}" for t in SEQ_COLUMNS.values())
+    header += f" {'net(x) vs ORT':>13} {'fwd vs ORT':>11}"
+    print(header, file=out)
+    rows = []
+    for n in threads:
+        _backends.set_num_threads(n)
+        for name in names:
+            cell, T, B, I, H = grid[name]
+            rng = np.random.default_rng(0)
+            weights = _weights(cell, I, H, 1, rng)
+            x = rng.standard_normal((T, B, I)).astype(np.float32)
+            runners = _seq_runners(cell, x, weights, available, n)
+            times, calls = _interleaved(runners, repeats, SEQ_BLOCK_SECONDS,
+                                        settle=SEQ_SETTLE_SECONDS if n > 1 else 0)
+            del runners  # ends ONNX Runtime's session and its threads
+            gc.collect()
+            ms = {k: 1e3 * times[k][0] if k in times else None for k in SEQ_COLUMNS}
+            row = {"section": "sequence", "row": name, "cell": cell, "T": T, "B": B, "I": I,
+                   "H": H, "layers": 1, "threads": n, "dtype": "float32", "repeats": repeats,
+                   "calls_per_block": calls}
+            for k in SEQ_COLUMNS:
+                row[f"{k}_ms"] = ms[k]
+                row[f"{k}_ms_min"] = 1e3 * times[k][1] if k in times else None
+            row["speedup_prepared_vs_onnxruntime"] = _ratio(ms["onnxruntime"], ms["prepared"])
+            row["speedup_functional_vs_onnxruntime"] = _ratio(ms["onnxruntime"], ms["functional"])
+            line = f"{name:21} {n:7d}" + "".join(f" {_fmt(ms[k], 13, 3)}" for k in SEQ_COLUMNS)
+            line += (f" {_fmt(row['speedup_prepared_vs_onnxruntime'], 13, 2, 'x')}"
+                     f" {_fmt(row['speedup_functional_vs_onnxruntime'], 11, 2, 'x')}")
+            print(line, file=out, flush=True)
+            rows.append(row)
+    return rows
+
+
 def plot(rows, path):
     """Bar chart of fastrnn's speedup over each peer per (shape, cell, mode, threads)."""
     import matplotlib
@@ -469,13 +931,25 @@ def main(argv=None):
     ap.add_argument("--threads", default=None,
                     help="comma-separated thread counts for fastrnn and every peer "
                          "(default: 1 and fastrnn's default, the cores available)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"timed repeats (default 5; with --streaming, {STREAM_REPEATS} blocks "
+                         "of calls)")
     ap.add_argument("--peers", default="torch,onnxruntime",
                     help="comma-separated: torch,onnxruntime,reference (default torch,onnxruntime;"
                          " a peer that is not installed is skipped)")
     ap.add_argument("--quick", action="store_true",
                     help=f"a short run: shapes {','.join(QUICK['shapes'])}, "
-                         f"{QUICK['repeats']} repeats, fastrnn's default threads only")
+                         f"{QUICK['repeats']} repeats, fastrnn's default threads only; with "
+                         f"--streaming, {STREAM_QUICK_REPEATS} blocks of calls")
+    ap.add_argument("--streaming", action="store_true",
+                    help="time the streaming section instead of the grid: one time step per "
+                         "call with the state carried (LSTM T=1 at B=1 I=H=256, B=1 I=H=512, "
+                         "B=16 I=H=256; GRU T=1 B=1 I=H=256), 1 thread, float32, through "
+                         "fastrnn.prepare(...).step, lstm_forward/gru_forward, fastrnn.torch, "
+                         "torch.nn.LSTM, torch.nn.LSTMCell/GRUCell, ONNX Runtime and a NumPy "
+                         "step; then batch-1 sequences (T=100, I=H=256) through net(x) and "
+                         "lstm_forward/gru_forward against ONNX Runtime at 1 and 2 threads "
+                         "(--threads sets these); medians of round-robin blocks of calls")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="also plot the speedups (needs matplotlib)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -483,6 +957,10 @@ def main(argv=None):
                          "GPU over a fixed grid of shapes")
     args = ap.parse_args(argv)
     cells = _csv(args.cells, tuple(GATES), "--cells")
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats: expected an int >= 1, got {args.repeats}")
+    if args.streaming and args.device == "cuda":
+        ap.error("--streaming: the streaming section runs on the CPU, not with --device cuda")
     if args.device == "cuda":
         if not _backends.backends()["cuda"]["available"]:
             print("fastrnn bench: the CUDA path is not available: "
@@ -495,7 +973,7 @@ def main(argv=None):
                   f"{_backends.backends()['cpu'].get('reason')}", file=sys.stderr)
             return 2
         default_threads = _backends.backends()["cpu"]["threads"]
-        shapes, repeats = _csv(args.shapes, tuple(GRID), "--shapes"), args.repeats
+        shapes, repeats = _csv(args.shapes, tuple(GRID), "--shapes"), args.repeats or 5
         threads = sorted({1, default_threads})
         if args.quick:
             shapes, repeats, threads = list(QUICK["shapes"]), QUICK["repeats"], [default_threads]
@@ -506,6 +984,11 @@ def main(argv=None):
                 ap.error(f"--threads: expected comma-separated ints, got {args.threads!r}")
             if not threads or min(threads) < 1:
                 ap.error(f"--threads: expected ints >= 1, got {args.threads!r}")
+        if args.streaming:
+            rows = run_streaming(
+                seq_threads=threads if args.threads else SEQ_THREADS,
+                repeats=args.repeats or (STREAM_QUICK_REPEATS if args.quick else STREAM_REPEATS))
+            return _write(args, rows)
         custom = None
         if args.shape:
             try:
@@ -516,15 +999,18 @@ def main(argv=None):
                 ap.error(f"--shape: expected T,B,I,H or T,B,I,H,L of ints >= 1, got {args.shape!r}")
             custom = {"custom": tuple(dims) + ((1,) if len(dims) == 4 else ())}
             shapes = ["custom"]
-        if args.repeats < 1:
-            ap.error(f"--repeats: expected an int >= 1, got {args.repeats}")
         rows = run(shapes, cells, _csv(args.modes, ("inference", "training"), "--modes"),
                    threads, repeats, tuple(_csv(args.peers, ("torch", "onnxruntime", "reference"),
                                                 "--peers")), custom=custom)
+    return _write(args, rows)
+
+
+def _write(args, rows):
+    """--json and --plot (the grid's rows only) of the rows run; the exit status."""
     if args.json:
         with open(os.fspath(args.json), "w") as f:
             json.dump(rows, f, indent=1)
-    if args.plot and args.device == "cpu":
+    if args.plot and args.device == "cpu" and not args.streaming:
         try:
             plot(rows, args.plot)
         except ImportError:
