@@ -167,13 +167,14 @@ void add_column_sums(const T* a, int64_t rows, int64_t ld, int64_t n, T* part, d
 // ---------------------------------------------------------------------------------------
 constexpr int64_t kStackedMinRows = 4;
 // Whether a call packs panels for itself (kept panels, PackedWeights, are always used): it
-// pays when the steps read the weights more often than packing does, once. From 4 rows BLAS's
-// own gemm packs the weights every step, so packing once pays from 2 steps; below, BLAS runs
-// gemv on the weights in place, and packing (a transposing copy, ~190 us for the 2 MiB of a
-// H = I = 256 LSTM, against 12-20 us a step saved) pays from about 16 row-steps. Several
-// threads pack either way: BLAS needs a thread's rows together.
-bool packs_panels(int64_t T, int64_t B, int threads) {
-  return threads > 1 || T * B >= 16 || (B >= kStackedMinRows && T >= 2);
+// pays when the steps read the weights more often than packing does, once. A one-step call
+// never: its product reads each weight once, and packing (a transposing copy, ~190 us for the
+// 2 MiB of an H = I = 256 LSTM) costs more than BLAS's own packing in one gemm (LSTM T = 1,
+// B = 16: 689 us with panels against 536 for a NumPy step). From 2 steps at 4 rows it pays
+// (BLAS's gemm packs the weights every step); below 4 rows BLAS runs gemv on the weights in
+// place, and packing pays from about 16 row-steps (12-20 us saved a step).
+bool packs_panels(int64_t T, int64_t B) {
+  return T >= 2 && (B >= kStackedMinRows || T * B >= 16);
 }
 
 template <class T>
@@ -334,7 +335,7 @@ void forward_cell(const ForwardParams<T>& p) {
   // products, with ah's r and z columns left at 0.
   constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
-  const bool panels = use_panels<T>(B) && (p.packed || packs_panels(T_, B, pool.size()));
+  const bool panels = use_panels<T>(B) && (p.packed || packs_panels(T_, B));
   // one step reads W_ih once whatever it does: in one product with W_hh, as from 4 rows
   const bool stacked = !kTwoPhase && panels && (B >= kStackedMinRows || T_ == 1);
   const bool n_apart = stacked && !kSummed;  // GRU
