@@ -187,3 +187,20 @@ def test_streaming_is_on_the_command_line():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "--streaming" in run.stdout
     assert "--streaming" in _bench.__doc__
+
+
+def test_keras_section_rows():
+    """bench --keras on a tiny model: a row per installed backend and masking, both models
+    timed (the numbers are not checked: timings are never asserted)."""
+    import importlib.util
+    import io
+
+    if importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch") is None:
+        pytest.skip("keras or torch is not installed")
+
+    out = io.StringIO()
+    rows = _bench.run_keras(backends=("torch",), shape=(4, 6, 50, 8, 5), repeats=1, out=out)
+    assert [(r["backend"], r["mask_zero"]) for r in rows] == [("torch", False), ("torch", True)]
+    for r in rows:
+        assert r["keras_ms"] > 0 and r["fastrnn_ms"] > 0 and r["speedup"] > 0
+    assert "fastrnn.keras" in out.getvalue()

@@ -25,6 +25,12 @@ threads. All contenders of a row run in one process, timed in round-robin blocks
 (_interleaved), so drift of the machine hits all alike; each number is the median over the
 blocks. Every runner computes what fastrnn computes (tests/test_bench.py).
 
+Keras (`--keras`, instead of the grid): one training step (train_on_batch: forward, backward,
+Adam) of the Keras IMDB model, Embedding(20000, 32) -> LSTM(32) -> Dense(1), batch 100, 300
+steps, 1 thread, with keras.layers.LSTM and with fastrnn.keras.LSTM from the same weights, on
+the torch and JAX backends (a child process each), without and with mask_zero; the two
+models take turns step by step, medians in ms (KERAS_SCRIPT).
+
 CUDA (`--device cuda`): fastrnn's CUDA engine against torch.nn / cuDNN over a fixed grid.
 """
 
@@ -739,8 +745,11 @@ def _run_stream_rows(names, grid, available, repeats, blas, out):
         rng = np.random.default_rng(0)
         weights = _weights(cell, I, H, 1, rng)
         xs = rng.standard_normal((STREAM_INPUTS, B, I)).astype(np.float32)
+        # the modules are made outside inference_mode, as a server loads its model: parameters
+        # made inside it are inference tensors, which have no version counter, so
+        # fastrnn.torch could not keep a prepared network for them
+        runners = _stream_runners(cell, xs, weights, available)
         with context():
-            runners = _stream_runners(cell, xs, weights, available)
             times, calls = _interleaved(runners, repeats)
         del runners
         gc.collect()
@@ -901,6 +910,96 @@ def run_cuda(cells=("lstm", "gru"), shapes=((100, 64, 512, 512), (25, 64, 1024, 
     return rows
 
 
+# ----------------------------------------------------------------------------------------------
+# Keras (--keras): one training step of the seed tutorials' IMDB model with keras.layers.LSTM
+# and with fastrnn.keras.LSTM, on each Keras backend installed that fastrnn.keras runs on.
+
+# (batch, steps, vocabulary, embedding, LSTM units): the Keras IMDB tutorial's model
+KERAS_SHAPE = (100, 300, 20000, 32, 32)
+KERAS_REPEATS = 5
+
+# One child per backend and masking (KERAS_BACKEND must be set before keras is imported):
+# argv = backend, mask_zero (0|1), repeats, B, T, V, E, H; prints one JSON line. The two
+# models start from the same weights and take turns, one train_on_batch (forward, backward,
+# Adam) at a time, on 1 thread; medians of the repeats after two untimed steps each (JAX
+# compiles there).
+KERAS_SCRIPT = """
+import json, os, sys, time
+backend, mask_zero, reps = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+B, T, V, E, H = (int(v) for v in sys.argv[4:9])
+os.environ["KERAS_BACKEND"] = backend
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import numpy as np
+import keras
+import fastrnn, fastrnn.keras
+if backend == "torch":
+    import torch
+    torch.set_num_threads(1)
+fastrnn.set_num_threads(1)
+rng = np.random.default_rng(0)
+x = rng.integers(1, V, (B, T)).astype("int32")
+if mask_zero:  # right padding, lengths uniform in [T/4, T]
+    lengths = rng.integers(T // 4, T + 1, B)
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0
+y = rng.integers(0, 2, (B, 1)).astype("float32")
+def model(lstm):
+    m = keras.Sequential([keras.Input((T,), dtype="int32"),
+                          keras.layers.Embedding(V, E, mask_zero=mask_zero), lstm(H),
+                          keras.layers.Dense(1, activation="sigmoid")])
+    m.compile(optimizer="adam", loss="binary_crossentropy")
+    return m
+models = {"keras": model(keras.layers.LSTM), "fastrnn": model(fastrnn.keras.LSTM)}
+models["fastrnn"].set_weights(models["keras"].get_weights())
+times = {k: [] for k in models}
+for m in models.values():
+    for _ in range(2):
+        m.train_on_batch(x, y)
+for _ in range(reps):
+    for k, m in models.items():
+        t0 = time.perf_counter()
+        m.train_on_batch(x, y)
+        times[k].append(time.perf_counter() - t0)
+print(json.dumps({k: float(np.median(v)) * 1e3 for k, v in times.items()}))
+"""
+
+
+def run_keras(backends=("torch", "jax"), shape=KERAS_SHAPE, repeats=KERAS_REPEATS,
+              out=sys.stdout):
+    """Rows of the Keras section (ms per training step): keras.layers.LSTM against
+    fastrnn.keras.LSTM on each backend in `backends` whose packages are installed, without and
+    with Embedding(mask_zero=True) (right padding)."""
+    import importlib.util
+
+    B, T, V, E, H = shape
+    print(f"fastrnn bench --keras: one train_on_batch (forward, backward, Adam) of Embedding({V}, "
+          f"{E}) -> LSTM({H}) -> Dense(1), batch {B}, {T} steps, 1 thread, float32; median of "
+          f"{repeats} alternating steps, ms; load average (1 min) {os.getloadavg()[0]:.2f}",
+          file=out)
+    print(f"{'backend':8} {'mask_zero':>9} {'keras.layers':>12} {'fastrnn.keras':>13} "
+          f"{'speedup':>8}", file=out)
+    rows = []
+    for backend in backends:
+        if (importlib.util.find_spec("keras") is None
+                or importlib.util.find_spec(backend) is None):
+            print(f"{backend:8} skipped: keras or {backend} is not installed", file=out)
+            continue
+        for mask_zero in (False, True):
+            child = subprocess.run(
+                [sys.executable, "-c", KERAS_SCRIPT, backend, str(int(mask_zero)), str(repeats),
+                 *(str(v) for v in shape)],
+                capture_output=True, text=True, env=dict(os.environ, FASTRNN_NUM_THREADS="1"))
+            if child.returncode != 0:
+                raise RuntimeError(f"bench --keras ({backend}): {child.stderr[-2000:]}")
+            ms = json.loads(child.stdout.strip().splitlines()[-1])
+            row = {"section": "keras", "backend": backend, "mask_zero": mask_zero,
+                   "shape": list(shape), "keras_ms": ms["keras"], "fastrnn_ms": ms["fastrnn"],
+                   "speedup": ms["keras"] / ms["fastrnn"]}
+            rows.append(row)
+            print(f"{backend:8} {str(mask_zero):>9} {row['keras_ms']:12.1f} "
+                  f"{row['fastrnn_ms']:13.1f} {row['speedup']:7.2f}x", file=out, flush=True)
+    return rows
+
+
 def _csv(text, allowed, flag):
     items = [t for t in text.split(",") if t]
     for t in items:
@@ -950,6 +1049,11 @@ def main(argv=None):
                          "step; then batch-1 sequences (T=100, I=H=256) through net(x) and "
                          "lstm_forward/gru_forward against ONNX Runtime at 1 and 2 threads "
                          "(--threads sets these); medians of round-robin blocks of calls")
+    ap.add_argument("--keras", action="store_true",
+                    help="time the Keras section instead of the grid: one training step of the "
+                         "Keras IMDB model (Embedding -> LSTM(32) -> Dense, batch 100, 300 "
+                         "steps, 1 thread) with keras.layers.LSTM and with fastrnn.keras.LSTM, "
+                         "on the torch and JAX backends, without and with mask_zero")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="also plot the speedups (needs matplotlib)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -984,6 +1088,9 @@ def main(argv=None):
                 ap.error(f"--threads: expected comma-separated ints, got {args.threads!r}")
             if not threads or min(threads) < 1:
                 ap.error(f"--threads: expected ints >= 1, got {args.threads!r}")
+        if args.keras:
+            rows = run_keras(repeats=args.repeats or (2 if args.quick else KERAS_REPEATS))
+            return _write(args, rows)
         if args.streaming:
             rows = run_streaming(
                 seq_threads=threads if args.threads else SEQ_THREADS,

@@ -82,19 +82,15 @@ Backends, and what they gain
   `torch.ops.fastrnn.rnn_forward` lacks: that GRU runs through a small autograd.Function over
   the functional API, on the CPU) and jax (CPU; see `fastrnn.jax` for the host round trip it
   costs).
-- One training step (train_on_batch, Adam) of the Keras IMDB model, Embedding(20000, 32) ->
-  LSTM(32) -> Dense(1), batch 100, 300 steps, one thread, medians of 9 interleaved steps on a
-  2-core x86-64 (AVX2) machine at load ~1.4: on torch, keras.layers.LSTM 854 ms and
-  fastrnn.keras.LSTM 51 ms (16.7x); with Embedding(mask_zero=True) and right padding 337 ms
-  and 53 ms (6.3x; Keras' masked loop is faster than its unmasked one on torch). On JAX,
-  keras.layers' loop is a `lax.scan` that XLA compiles under jit, and at this small size it
-  is already fast: 70 ms for keras.layers.LSTM against 106 ms for fastrnn.keras.LSTM, whose
-  kernel call crosses to the host and back through `jax.pure_callback` (fastrnn.jax's forward
-  and backward alone take ~65 ms there, against ~48 ms through fastrnn.torch). With LSTM(128)
-  (3 steps each, load ~2): torch 12.8 s against 231 ms (55x); JAX 405 ms against 552 ms,
-  where fastrnn.jax under jit takes about twice the functional API's time (528 against
-  252 ms forward and backward). So on JAX these layers give Keras-exact results through
-  fastrnn's kernels, not speed, until fastrnn.jax's call overhead shrinks.
+- `python -m fastrnn bench --keras` times one training step (train_on_batch, Adam) of the
+  Keras IMDB model, Embedding(20000, 32) -> LSTM(32) -> Dense(1), batch 100, 300 steps, one
+  thread, with keras.layers.LSTM and with this LSTM (benchmarks/README.md has its results).
+  On torch, Keras' own loop is 5-14x slower than fastrnn's kernel (its masked loop is faster
+  than its unmasked one). On JAX, keras.layers' loop is a `lax.scan` that XLA compiles under
+  jit and is already fast at this size, while fastrnn's kernel call crosses to the host and
+  back through `jax.pure_callback` (fastrnn.jax under jit takes about twice the functional
+  API's time): these layers then give Keras-exact results through fastrnn's kernels, not
+  speed, until fastrnn.jax's call overhead shrinks.
 - TensorFlow, and any other Keras backend: constructing a layer raises a RuntimeError that says
   so. fastrnn has no TensorFlow op, and a fallback to keras.layers' TensorFlow path (which
   would be correct and fast on a GPU through cuDNN) would mean the layer silently does not do
