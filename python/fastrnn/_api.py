@@ -133,6 +133,16 @@ def _float_array(a, name, dtype=None):
     return arr
 
 
+def _time_major(x, batch_first, dtype=None):
+    """x as a NumPy float array (T, B, I) of `dtype` (None: its own), a view where it can be;
+    x is (B, T, I) with batch_first."""
+    xs = _float_array(x, "x", dtype)
+    if xs.ndim != 3:
+        want = "(B, T, I) with batch_first" if batch_first else "(T, B, I)"
+        raise ValueError(f"x: expected 3 dimensions {want}, got shape {xs.shape}")
+    return xs.transpose(1, 0, 2) if batch_first else xs
+
+
 def _expect_shape(arr, shape, name):
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(arr.shape)}")
@@ -608,13 +618,8 @@ def _forward(cell, x, weights, h0, c0, num_layers, bidirectional, batch_first, l
         return _forward_cuda(cell, x, weights, h0, c0, L, D, batch_first, lengths, dropout, seed,
                              proj_size, training)
     like = x
-    xs = _float_array(x, "x")
+    xs = _time_major(x, batch_first)
     dtype = xs.dtype
-    if xs.ndim != 3:
-        want = "(B, T, I) with batch_first" if batch_first else "(T, B, I)"
-        raise ValueError(f"x: expected 3 dimensions {want}, got shape {xs.shape}")
-    if batch_first:
-        xs = xs.transpose(1, 0, 2)
     T, B, I = xs.shape
     layers, H, has_bias = _split_weights(weights, cell, L, D, proj_size, I, dtype, copy=training)
     Hout = proj_size if proj_size > 0 else H

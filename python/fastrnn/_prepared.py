@@ -114,12 +114,7 @@ class PreparedNetwork:
         or (B, T, I) with batch_first, of the network's dtype; h0 (D*L, B, Hout), c0 (D*L, B, H)
         (LSTM only), None = zeros; lengths (B,) in [0, T]."""
         batch_first = _api._bool_option(batch_first, "batch_first")
-        xs = _api._float_array(x, "x", self.dtype)
-        if xs.ndim != 3:
-            want = "(B, T, I) with batch_first" if batch_first else "(T, B, I)"
-            raise ValueError(f"x: expected 3 dimensions {want}, got shape {xs.shape}")
-        if batch_first:
-            xs = xs.transpose(1, 0, 2)
+        xs = _api._time_major(x, batch_first, self.dtype)
         T, B, I = xs.shape
         if I != self.input_size:
             raise ValueError(f"x: expected input size {self.input_size} (the prepared weights' "
