@@ -638,3 +638,21 @@ def test_cuda_compile_fullgraph_matches_eager():
     torch.testing.assert_close(y, eager_y, rtol=0, atol=0)
     for g, e in zip((p.grad for p in m.parameters()), eager_grads):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_zero_length_sequences_raise_as_torch_nn(name, batch_first):
+    """T = 0 is torch.nn's RuntimeError (the functional API keeps h0 instead), batched and
+    unbatched, with and without a state."""
+    ours = getattr(fastrnn.torch, name)(3, 4, batch_first=batch_first)
+    theirs = getattr(torch.nn, name)(3, 4, batch_first=batch_first)
+    state = torch.zeros(1, 2, 4)
+    hx = (state, state) if name == "LSTM" else state
+    x = torch.zeros((2, 0, 3) if batch_first else (0, 2, 3))
+    for args in [(x,), (x, hx), (torch.zeros(0, 3),)]:
+        with pytest.raises(RuntimeError) as want:
+            theirs(*args)
+        with pytest.raises(RuntimeError) as got:
+            ours(*args)
+        assert str(got.value) == str(want.value)

@@ -489,6 +489,8 @@ class _RNNBase(torch.nn.RNNBase):
                                  f"{input.dim()}D instead")
             lengths, batch_first, is_batched = None, self.batch_first, input.dim() == 3
             x = input if is_batched else input.unsqueeze(0 if batch_first else 1)
+            if x.shape[1 if batch_first else 0] == 0:  # torch.nn's error (the NumPy API keeps h0)
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             if hx is not None:
                 hs, want = (hx if has_c else (hx,)), 3 if is_batched else 2
                 if any(h.dim() != want for h in hs):  # torch.nn's messages
