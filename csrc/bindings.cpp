@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/blocks.h"
@@ -218,13 +219,18 @@ py::tuple backward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H
 template <class T>
 class Prepared {
  public:
+  // bf16: the weight matrices' values are all bfloat16 values (fastrnn.prepare rounded
+  // them), so their panels keep 16 bits a value (float32 only)
   Prepared(int cell_id, std::vector<Arr<T>> weights, int64_t I, int64_t H, int64_t P, bool bias,
-           int L, int D)
+           int L, int D, bool bf16)
       : cell_(CellKind(cell_id)), I_(I), H_(H), P_(P), L_(L), D_(D), weights_(std::move(weights)),
         packed_(size_t(L) * size_t(D)) {
     if (L < 1 || (D != 1 && D != 2) || H < 1 || I < 0 || P < 0)
       throw std::invalid_argument("prepare: sizes out of range");
+    if (bf16 && !std::is_same_v<T, float>)
+      throw std::invalid_argument("weights_dtype: bfloat16 weights are for float32 networks");
     w_ = split_weights(weights_, bias, RnnShape{0, 0, I, H, P}, gate_count(cell_), L, D);
+    for (PackedWeights& k : packed_) k.bf16 = bf16;
   }
 
   py::tuple forward(Arr<T> x, Arr<T> h0, std::optional<Arr<T>> c0,
@@ -309,7 +315,7 @@ class Prepared {
 template <class T>
 void bind_prepared(py::module_& m, const char* name) {
   py::class_<Prepared<T>>(m, name)
-      .def(py::init<int, std::vector<Arr<T>>, int64_t, int64_t, int64_t, bool, int, int>())
+      .def(py::init<int, std::vector<Arr<T>>, int64_t, int64_t, int64_t, bool, int, int, bool>())
       .def("forward", &Prepared<T>::forward)
       .def("step", &Prepared<T>::step);
 }

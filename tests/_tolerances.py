@@ -167,6 +167,17 @@ def assert_within_float32_budget(actual, naive, exact, *, forward, name, floor=F
         f"{e_naive:.3e} + {floor:.3g}")
 
 # ----------------------------------------------------------------------------------------------
+# Prepared networks with weights_dtype="bfloat16" (tests/test_prepared.py): the weight
+# matrices rounded to bfloat16 (relative rounding 2^-9 = 2.0e-3, half its epsilon 3.9e-3),
+# float32 everywhere else. Norm-wise, max over t of max|h_bf16 - h_f32| / max|h_f32| against
+# the float32 network, T = 1000, B = 4, I = H = 64, weights ~ U(+-1/sqrt(H)): measured worst
+# 4.9e-3 (LSTM 4.9e-3, LSTM proj 4.1e-3, GRU 3.7e-3 / 3.8e-3, RNN tanh 4.9e-3, relu 2.9e-3;
+# medians 1.6-3.0e-3): about one bfloat16 epsilon, not growing along the sequence. 1e-2 keeps
+# 2x headroom; a weight read at the wrong column or unrounded moves h by ~1e-1.
+BF16_WEIGHTS_REL = 1e-2
+
+
+# ----------------------------------------------------------------------------------------------
 # CUDA engine, norm-wise: max |error| / max |value| of each output against the float64
 # reference (test_cuda.py; 2 layers x 2 directions, T=20 B=16 I=32 H=64, random lengths).
 # float32 with TF32 off: the 1e-4.

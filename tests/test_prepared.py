@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from _tolerances import (SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,
-                         assert_within_float32_budget)
+from _tolerances import (BF16_WEIGHTS_REL, SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL,
+                         assert_close, assert_within_float32_budget)
 from test_api import VARIANTS, Problem
 from test_reliability import SANITIZED, counting_malloc  # noqa: F401 - a fixture
 
@@ -229,8 +229,6 @@ def test_bad_calls_and_options():
     w = p.weights
     with pytest.raises(ValueError, match=r"cell: expected one of"):
         fastrnn.prepare("lstmm", w)
-    with pytest.raises(ValueError, match=r"weights_dtype: expected None .* got 'int8'"):
-        fastrnn.prepare("gru", w, weights_dtype="int8")
     with pytest.raises(TypeError, match=r"weights: expected a list or tuple"):
         fastrnn.prepare("gru", w[0])
     with pytest.raises(ValueError, match=r"weights: expected at least"):
@@ -335,3 +333,123 @@ def test_steps_from_several_threads_at_once():
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g[0], w[0])
         np.testing.assert_array_equal(g[1], w[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# weights_dtype="bfloat16"
+
+
+def bfloat16_values(a):
+    """a's values rounded to bfloat16 (torch's conversion: round to nearest, ties to even),
+    as float32: an implementation independent of fastrnn's."""
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(np.ascontiguousarray(a)).to(torch.bfloat16).float().numpy()
+
+
+def test_bfloat16_rounding_matches_torch():
+    from fastrnn._prepared import _round_to_bfloat16
+
+    rng = np.random.default_rng(3)
+    a = np.concatenate([rng.standard_normal(100_000).astype(np.float32),
+                        np.array([0, -0.0, np.inf, -np.inf, 1e38, 3.4e38, -3.4e38, 1e-40,
+                                  1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20], np.float32)])
+    got = _round_to_bfloat16(a.copy())
+    want = bfloat16_values(a)
+    np.testing.assert_array_equal(got, want)
+    nan = _round_to_bfloat16(np.array([np.nan, np.float32(np.nan) * -1], np.float32))
+    assert np.isnan(nan).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B", [1, 3, 5])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bfloat16_network_is_the_float32_network_of_rounded_weights(variant, B, threads, backend,
+                                                                    restore_threads):
+    """A bfloat16 network computes, bit for bit, what a float32 network computes from the
+    weight matrices rounded to bfloat16 (biases as given): the panels keep those values
+    exactly, in 16 bits, and the products add them in the same order. Whole sequences (with
+    lengths) and steps, 2 layers, 1 and 2 engine threads."""
+    if CPU:
+        fastrnn.set_num_threads(threads)
+    p = Problem(variant, T=6, B=B, I=7, H=19, L=2, D=1, dtype=np.float32)
+    rounded = [bfloat16_values(w) if w.ndim == 2 else w for w in p.weights]
+    net = prepared(p, backend, weights_dtype="bfloat16")
+    cell, kwargs = VARIANTS[variant]
+    ref = fastrnn.prepare(cell, rounded, num_layers=2, backend=backend, **kwargs)
+    assert net.weights_dtype == "bfloat16" and "weights_dtype=bfloat16" in repr(net)
+    state = (p.h0, p.c0) if p.cell == "lstm" else (p.h0,)
+    for a, b in zip(net(p.x, *state, lengths=p.lengths), ref(p.x, *state, lengths=p.lengths)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(step_through(net, p), step_through(ref, p)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
+BF16_BASELINE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, fastrnn, torch
+    sys.path.insert(0, sys.argv[1])
+    from test_api import Problem, VARIANTS
+    failures = []
+    for variant, (cell, kwargs) in VARIANTS.items():
+        p = Problem(variant, T=5, B=4, I=6, H=9, L=2, D=1, lengths=None, dtype=np.float32)
+        rounded = [torch.from_numpy(w).to(torch.bfloat16).float().numpy() if w.ndim == 2 else w
+                   for w in p.weights]
+        a = fastrnn.prepare(cell, p.weights, num_layers=2, weights_dtype="bfloat16", **kwargs)
+        b = fastrnn.prepare(cell, rounded, num_layers=2, **kwargs)
+        if not np.array_equal(a(p.x).y, b(p.x).y):
+            failures.append(variant)
+    print(json.dumps({"simd": fastrnn.backends()["cpu"]["simd"], "failures": failures}))
+""")
+
+
+@needs_cpu
+def test_bfloat16_network_on_the_baseline_kernels():
+    """Without AVX2 (FASTRNN_SIMD=baseline) BLAS reads the rounded float32 weights: the same
+    results as the float32 network of rounded weights, without the speed."""
+    pytest.importorskip("torch")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.run([sys.executable, "-c", BF16_BASELINE_SCRIPT, tests],
+                           env=dict(os.environ, FASTRNN_SIMD="baseline"),
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    report = __import__("json").loads(child.stdout.strip().splitlines()[-1])
+    assert report == {"simd": "baseline", "failures": []}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bfloat16_error_over_1000_steps(variant):
+    """Against the float32 network of the same weights, over T = 1000: max over t of
+    max|h_bf16 - h_f32| / max|h_f32| within BF16_WEIGHTS_REL (_tolerances.py says why)."""
+    cell, kwargs = VARIANTS[variant]
+    rng = np.random.default_rng(1)
+    T, B, I, H = 1000, 4, 64, 64
+    G, P = {"lstm": 4, "gru": 3, "rnn": 1}[cell], kwargs.get("proj_size", 0)
+    kwargs = dict(kwargs, proj_size=32) if P else kwargs
+    Ho, s = (32 if P else H), 1 / np.sqrt(H)
+    w = [rng.uniform(-s, s, shape).astype(np.float32)
+         for shape in [(G * H, I), (G * H, Ho), (G * H,), (G * H,)] + ([(32, H)] if P else [])]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    exact = fastrnn.prepare(cell, w, **kwargs)(x).y.astype(np.float64)
+    got = fastrnn.prepare(cell, w, weights_dtype="bfloat16", **kwargs)(x).y.astype(np.float64)
+    err = np.abs(got - exact).max(axis=(1, 2)) / np.abs(exact).max(axis=(1, 2))
+    print(f"{variant}: worst norm-wise error {err.max():.2e}, median {np.median(err):.2e}")
+    assert err.max() <= BF16_WEIGHTS_REL
+    assert err.max() > 0  # the weights were rounded: a float32 run would show 0
+
+
+def test_bfloat16_options():
+    p = Problem("gru", T=3, B=2, I=4, H=5, L=1, D=1, lengths=None)  # float64
+    with pytest.raises(TypeError, match=r"weights_dtype: 'bfloat16' stores the weights of a "
+                                        r"float32 network .* got float64 weights"):
+        fastrnn.prepare("gru", p.weights, weights_dtype="bfloat16")
+    w32 = [w.astype(np.float32) for w in p.weights]
+    with pytest.raises(ValueError, match=r"weights_dtype: .*int8 weights are not available"):
+        fastrnn.prepare("gru", w32, weights_dtype="int8")
+    with pytest.raises(ValueError, match=r"weights_dtype: expected None .* or 'bfloat16'"):
+        fastrnn.prepare("gru", w32, weights_dtype="float16")
+    net = fastrnn.prepare("gru", w32, weights_dtype="bfloat16")
+    assert net.dtype == np.float32 and net._flat[2].dtype == np.float32
+    np.testing.assert_array_equal(net._flat[2], w32[2])  # biases are kept as given

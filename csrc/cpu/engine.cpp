@@ -197,6 +197,7 @@ struct StepWeights {
   int64_t block = 0, block_stride = 0;
   const T* panels = nullptr;
   int64_t k_x = 0;
+  bool bf16 = false;  // the panels hold bfloat16 (uint16_t) values, not T: see narrow_panels
 };
 
 // Where the panels of one operand go, for every thread at once: thread tid's share of the
@@ -249,6 +250,26 @@ StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int6
   return s;
 }
 
+// A float operand's panels rewritten in place as bfloat16 (a value's upper 16 bits), their
+// rows one after another from the start of their span, as the bfloat16 panel GEMM reads them
+// (panel_gemm.h, load_row): a row of 16 columns becomes 8 words, word c = column c in the low
+// half, column c + 8 in the high half. Exact for weights whose values are bfloat16 values
+// (the prepared network rounded them).
+template <class T>
+void narrow_panels(StepWeights<T>& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!s.panels) return;
+    static_assert(kPanelCols == 16, "a bfloat16 panel row is 8 words of two columns");
+    const int64_t rows = (s.N + kPanelCols - 1) / kPanelCols * (s.K + s.k_x);
+    uint32_t* bits = reinterpret_cast<uint32_t*>(const_cast<float*>(s.panels));
+    for (int64_t r = 0; r < rows; ++r) {  // row r's words land at 8r, before its floats at 16r
+      uint32_t row[16];
+      std::memcpy(row, bits + 16 * r, sizeof(row));
+      for (int c = 0; c < 8; ++c) bits[8 * r + c] = (row[c] >> 16) | (row[c + 8] & 0xFFFF0000u);
+    }
+  }
+}
+
 // The stacked operand of a thread's per-step product [x_t | h_{t-1}]·[W_ih | W_hh]ᵀ: N
 // columns (its `block` units gate by gate, every H rows of both matrices) packed into one
 // set of panels I + Ho deep. Only where use_panels holds: BLAS has no stacked form.
@@ -269,6 +290,11 @@ template <class T>
 void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool accumulate,
                T* C, int64_t ldc, const T* X = nullptr, int64_t ldx = 0) {
   if constexpr (std::is_same_v<T, float>) {
+    if (b.panels && b.bf16) {
+      kernels().panel_gemm_bf16(M, b.N, {X, ldx, b.k_x}, {A, lda, b.K},
+                                reinterpret_cast<const uint16_t*>(b.panels), C, ldc, accumulate);
+      return;
+    }
     if (b.panels) {
       kernels().panel_gemm(M, b.N, {X, ldx, b.k_x}, {A, lda, b.K}, b.panels, C, ldc, accumulate);
       return;
@@ -376,6 +402,8 @@ void forward_cell(const ForwardParams<T>& p) {
   auto panel_buf = scratch<T>(panels && !kept ? panel_floats : 0);
   T* const panel_base = !panels ? nullptr : kept ? static_cast<T*>(kept->data) : panel_buf.get();
   int region_threads = max_threads;  // what the region got (fewer if the pool shrank since)
+  // bfloat16 panels: kept ones of a network whose weights are bfloat16 values
+  const bool bf16 = kept && p.packed->bf16 && kernels().panel_gemm_bf16 != nullptr;
 
   pool.run(max_threads, [&](int tid, int nt) {
     if (tid == 0) region_threads = nt;
@@ -414,7 +442,7 @@ void forward_cell(const ForwardParams<T>& p) {
     };
     const int64_t n_stacked = two_parts ? 2 * hs : Gs;  // my columns of rec
     T* rec_panels = at(ps_hh, 0, (two_parts ? 2 : G) * j0);
-    const StepWeights<T> rec =
+    StepWeights<T> rec =
         stacked ? stacked_step_weights(p.w.w_ih + j0 * I, I, w_hh, Ho, n_stacked, hs, H,
                                        rec_panels, pack)
                 : step_weights(w_hh, Ho, true, Ho, n_stacked, rec_panels, pack, hs, gate_rows);
@@ -433,6 +461,12 @@ void forward_cell(const ForwardParams<T>& p) {
     if (projected)
       proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0,
                           at(ps_hr, n_pan_hh + n_pan_n + n_pan_in, p0), pack);
+    if (bf16) {  // every product of this call reads its panels in bfloat16
+      for (StepWeights<T>* s : {&rec, &rec_n, &in_n, &proj}) {
+        if (pack) narrow_panels(*s);
+        s->bf16 = true;
+      }
+    }
     int64_t lo = 0, hi = 0;  // time steps [lo, hi) currently projected in ax
 
     for (int64_t n = 0; n < T_; ++n) {

@@ -92,6 +92,9 @@ struct PanelA {
 // both may be 0 (an empty input size): C = 0, or C unchanged when accumulate.
 using PanelGemm = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
                            float* C, int64_t ldc, bool accumulate);
+// The same with bfloat16 panels (each value a float32's upper 16 bits), widened on load.
+using PanelGemmBf16 = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2,
+                               const uint16_t* panels, float* C, int64_t ldc, bool accumulate);
 constexpr int64_t kPanelCols = 16;  // columns per panel
 constexpr int64_t kPanelRows = 6;   // rows of C per micro-kernel tile
 constexpr int kFmaChains = 12;      // independent FMA chains of the peak loop, a round each
@@ -101,6 +104,7 @@ struct KernelTable {
   CellKernels<float> f32[5];   // indexed by CellKind
   CellKernels<double> f64[5];
   PanelGemm panel_gemm = nullptr;  // AVX2+FMA only; null: the engine calls BLAS
+  PanelGemmBf16 panel_gemm_bf16 = nullptr;  // AVX2+FMA only, with panel_gemm
   // AVX2+FMA only: `rounds` × kFmaChains 8-wide FMAs, nothing else (cpu/fma_peak.h)
   float (*fma_loop)(int64_t rounds, float seed) = nullptr;
 };

@@ -30,7 +30,8 @@ KernelTable FASTRNN_CONCAT(make_kernel_table_, FASTRNN_ISA)() {
   t.f64[int(CellKind::kRnnTanh)] = isa::make_cell_kernels<RnnTanh, double>();
   t.f64[int(CellKind::kRnnRelu)] = isa::make_cell_kernels<RnnRelu, double>();
 #if defined(FASTRNN_HAVE_PANEL_GEMM)
-  t.panel_gemm = &isa::panel_gemm;
+  t.panel_gemm = &isa::panel_gemm<float>;
+  t.panel_gemm_bf16 = &isa::panel_gemm<uint16_t>;
 #endif
 #if defined(FASTRNN_HAVE_FMA_PEAK)
   t.fma_loop = &isa::fma_loop;

@@ -36,14 +36,31 @@ constexpr int kRows = int(kPanelRows);  // rows of C per tile
 constexpr int kCols = int(kPanelCols);  // columns per panel (two ymm)
 constexpr int64_t kGroupBytes = 128 * 1024;  // panels run together per block of rows
 
+// The 16 values of one panel row as two vectors of float. Panels hold float32, or bfloat16
+// (W = uint16_t: a float32's upper 16 bits), which halves the bytes a product reads: a
+// prepared network's weights_dtype="bfloat16". A bfloat16 row is 8 words, word c holding
+// column c in its low half and column c + 8 in its high half (the engine's narrow_panels), so
+// that widening is a shift and a mask, no lane-crossing shuffle: with vpmovzxwd and vextract
+// (three shuffle-port operations a row) a 1-row product ran slower than from float32 panels.
+__attribute__((always_inline)) inline void load_row(const float* b, __m256& lo, __m256& hi) {
+  lo = _mm256_loadu_ps(b);
+  hi = _mm256_loadu_ps(b + 8);
+}
+__attribute__((always_inline)) inline void load_row(const uint16_t* b, __m256& lo, __m256& hi) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+  lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
+}
+
 // lo/hi[r] += row r of a (MR rows) · b ([a.K][16]) over k in [k0, k1), one FMA chain per
 // element: per k, two loads of the panel, MR broadcasts, 2·MR FMAs.
-template <int MR>
-__attribute__((always_inline)) inline void chain(PanelA a, const float* __restrict b,
+template <int MR, class W>
+__attribute__((always_inline)) inline void chain(PanelA a, const W* __restrict b,
                                                  int64_t k0, int64_t k1, __m256* lo,
                                                  __m256* hi) {
   for (int64_t k = k0; k < k1; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b + kCols * k), b1 = _mm256_loadu_ps(b + kCols * k + 8);
+    __m256 b0, b1;
+    load_row(b + kCols * k, b0, b1);
     FASTRNN_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m256 av = _mm256_broadcast_ss(a.a + r * a.lda + k);
@@ -59,8 +76,8 @@ __attribute__((always_inline)) inline void chain(PanelA a, const float* __restri
 // element instead, chain s over the k ≡ s (mod kStreams) below the last multiple of
 // kStreams, the rest of k on chain 0, added as s0 + s1, or (s0 + s1) + (s2 + s3): a fixed
 // order for a given K.
-template <int MR, int kStreams = 1>
-__attribute__((always_inline)) inline void add_part(PanelA a, const float* __restrict b,
+template <int MR, int kStreams = 1, class W>
+__attribute__((always_inline)) inline void add_part(PanelA a, const W* __restrict b,
                                                     __m256* lo, __m256* hi) {
   if constexpr (kStreams == 1) {
     chain<MR>(a, b, 0, a.K, lo, hi);
@@ -75,8 +92,8 @@ __attribute__((always_inline)) inline void add_part(PanelA a, const float* __res
     for (int64_t k = 0; k < rounds_end; k += kStreams) {
       FASTRNN_UNROLL
       for (int s = 0; s < kStreams; ++s) {
-        __m256 b0 = _mm256_loadu_ps(b + kCols * (k + s));
-        __m256 b1 = _mm256_loadu_ps(b + kCols * (k + s) + 8);
+        __m256 b0, b1;
+        load_row(b + kCols * (k + s), b0, b1);
         // in registers: GCC otherwise folds the loads into every row's FMA, and 2-row tiles
         // then issue more loads than the load ports take
         asm("" : "+x"(b0), "+x"(b1));
@@ -115,9 +132,9 @@ constexpr int kStreamsFor = MR == 1 ? 4 : MR <= 3 ? 2 : 1;
 // are added (as BLAS computes W_ih x and W_hh h apart and adds them). Run on in one chain,
 // every rounding of A2's terms was relative to A1's sum: S1 LSTM's outputs came out twice
 // as far from float64 as BLAS's (rms 2.1e-8 against 1.1e-8).
-template <int MR>
+template <int MR, class W>
 __attribute__((always_inline)) inline void tile(PanelA a1, PanelA a2,
-                                                const float* __restrict b, float* c,
+                                                const W* __restrict b, float* c,
                                                 int64_t ldc, int ncols, bool accumulate) {
   __m256 lo[MR], hi[MR];
   FASTRNN_UNROLL
@@ -166,9 +183,9 @@ __attribute__((always_inline)) inline void tile(PanelA a1, PanelA a2,
 }
 
 // Rows [i, i + MR) of C, panel q.
-template <int MR>
+template <int MR, class W>
 __attribute__((always_inline)) inline void tiles(int64_t i, int64_t q, int64_t N, PanelA a1,
-                                                 PanelA a2, const float* panels, float* C,
+                                                 PanelA a2, const W* panels, float* C,
                                                  int64_t ldc, bool accumulate) {
   a1.a += i * a1.lda;
   a2.a += i * a2.lda;
@@ -186,8 +203,9 @@ __attribute__((always_inline)) inline void tiles(int64_t i, int64_t q, int64_t N
 // [K][6] blocks first, as BLAS does, is not done: every thread packed all of A every step
 // (`perf`: 3-5.5 % of S1/S2 LSTM training) to save little, A being in cache already. What
 // the per-step changes bought under `python -m fastrnn bench` is in benchmarks/README.md.
-inline void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* panels,
-                       float* C, int64_t ldc, bool accumulate) {
+template <class W>
+void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const W* panels, float* C,
+                int64_t ldc, bool accumulate) {
   using namespace panel;
   // Rows in ceil(M / 6) blocks of as even a size as can be: 4-6 rows from M = 8 on (a
   // one-chain tile needs 8 FMA chains, 4 rows, to keep both FMA pipes busy, and more to
@@ -199,7 +217,7 @@ inline void panel_gemm(int64_t M, int64_t N, PanelA A1, PanelA A2, const float* 
   // K = A1.K + A2.K may be 0 (an input size of 0: GRU's n-gate input product has K = I);
   // the tiles then write C = 0 (or leave C) and a group is every panel.
   const int64_t K = std::max<int64_t>(1, A1.K + A2.K);
-  const int64_t group = std::max<int64_t>(1, kGroupBytes / int64_t(sizeof(float) * kCols * K));
+  const int64_t group = std::max<int64_t>(1, kGroupBytes / int64_t(sizeof(W) * kCols * K));
   for (int64_t q0 = 0; q0 < n_panels; q0 += group) {
     const int64_t q1 = std::min(n_panels, q0 + group);
     for (int64_t blk = 0; blk < blocks; ++blk) {

@@ -37,7 +37,8 @@ class PreparedFloat32:
     """A prepared network (fastrnn.prepare): weights it keeps alive and never writes, their
     packed panels and a scratch workspace, kept between calls; calls take turns (a mutex)."""
     def __init__(self, cell: int, weights: List[_F], I: int, H: int, P: int, bias: bool,
-                 L: int, D: int) -> None: ...
+                 L: int, D: int, bf16: bool) -> None:
+        """bf16: the weight matrices hold bfloat16 values only; their panels keep 16 bits."""
     def forward(self, x: _F, h0: _F, c0: Optional[_F], lengths: Optional[_I64]
                 ) -> Tuple[_F, _F, Optional[_F]]:
         """Inference over x [T,B,I]: (y [T,B,D*Hout], h_n [L*D,B,Hout], c_n or None)."""

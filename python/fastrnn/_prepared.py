@@ -30,7 +30,10 @@ def prepare(cell, weights, *, num_layers=1, bidirectional=False, proj_size=0,
                [w_hr (P, H)]; float32 or float64, all one dtype, which the network keeps
     num_layers, bidirectional, proj_size (LSTM only)   as in the functional API
     linear_before_reset (GRU only), nonlinearity (RNN only)   as in the functional API
-    weights_dtype  None: the weights' own dtype (low-precision storage is not available yet)
+    weights_dtype  None: the weights' own dtype; "bfloat16" (float32 networks): the weight
+               matrices (w_ih, w_hh, w_hr; not the biases) rounded to bfloat16, which the
+               compiled engine then reads at 16 bits a value (half the bytes a step moves);
+               activations, states and sums stay float32. "int8" is not available yet.
     backend    None (the compiled engine, else the NumPy reference) | "cpu" | "reference"
 
     The network owns a copy of the weights: writing into the arrays given afterwards does
@@ -38,11 +41,11 @@ def prepare(cell, weights, *, num_layers=1, bidirectional=False, proj_size=0,
     """
     if not isinstance(cell, str) or cell not in _CELL_NAMES:
         raise ValueError(f"cell: expected one of {_CELL_NAMES}, got {cell!r}")
-    if weights_dtype is not None:
+    if weights_dtype is not None and weights_dtype != "bfloat16":
         raise ValueError(
-            f"weights_dtype: expected None (the weights are kept in their own dtype, float32 or "
-            f"float64); low-precision weights are not available in this version, got "
-            f"{weights_dtype!r}")
+            f"weights_dtype: expected None (the weights' own dtype) or 'bfloat16'"
+            + ("; int8 weights are not available in this version" if weights_dtype == "int8"
+               else "") + f", got {weights_dtype!r}")
     if cell == "lstm":
         spec = _api._LSTM
     elif cell == "gru":
@@ -53,20 +56,34 @@ def prepare(cell, weights, *, num_layers=1, bidirectional=False, proj_size=0,
         spec = _api._RNN[nonlinearity]
     if cell != "lstm" and proj_size != 0:
         raise ValueError(f"proj_size: only the LSTM has a projection, got {proj_size} for {cell}")
-    return PreparedNetwork(spec, weights, num_layers, bidirectional, proj_size, backend)
+    return PreparedNetwork(spec, weights, num_layers, bidirectional, proj_size, backend,
+                           weights_dtype)
+
+
+def _round_to_bfloat16(w):
+    """float32 array w with every value rounded to the nearest bfloat16 value (ties to even),
+    in place: the upper 16 bits of a float32 are a bfloat16. NaN stays NaN."""
+    bits = w.view(np.uint32)
+    nan = np.isnan(w)
+    with np.errstate(over="ignore"):  # uint32 arithmetic: +0x7FFF may carry into the exponent
+        bits += np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    bits &= np.uint32(0xFFFF0000)
+    w[nan] = np.nan
+    return w
 
 
 class PreparedNetwork:
     """An RNN ready for inference: `net(x)` over whole sequences, `net.step(x_t, h, c)` one
     time step at a time. Made by `fastrnn.prepare`; see there for what it keeps.
 
-    Attributes: cell ("lstm" | "gru" | "rnn"), dtype, input_size (I), hidden_size (H),
-    proj_size (P, 0 = none), output_size (Hout: P or H), num_layers (L), bidirectional,
-    backend ("cpu" | "reference"). Calls from several threads at once are safe (they take
+    Attributes: cell ("lstm" | "gru" | "rnn"), dtype, weights_dtype (None | "bfloat16"),
+    input_size (I), hidden_size (H), proj_size (P, 0 = none), output_size (Hout: P or H),
+    num_layers (L), bidirectional, backend ("cpu" | "reference"). Calls from several threads at once are safe (they take
     turns on one network) and release the GIL.
     """
 
-    def __init__(self, spec, weights, num_layers, bidirectional, proj_size, backend):
+    def __init__(self, spec, weights, num_layers, bidirectional, proj_size, backend,
+                 weights_dtype=None):
         L = _api._int_option(num_layers, "num_layers", 1)
         D = 2 if _api._bool_option(bidirectional, "bidirectional") else 1
         P = _api._int_option(proj_size, "proj_size", 0)
@@ -85,6 +102,16 @@ class PreparedNetwork:
         self.input_size = int(w0.shape[1])
         layers, H, has_bias = _api._split_weights(weights, spec, L, D, P, self.input_size,
                                                   self.dtype, copy=True)
+        if weights_dtype == "bfloat16":
+            if self.dtype != np.float32:
+                raise TypeError(
+                    f"weights_dtype: 'bfloat16' stores the weights of a float32 network (float32 "
+                    f"activations and states), got {self.dtype} weights: cast them to float32")
+            for lw in layers:  # the matrices; biases stay float32
+                for w in (lw[0], lw[1], lw[4]):
+                    if w is not None:
+                        _round_to_bfloat16(w)
+        self.weights_dtype = weights_dtype
         self._spec, self._layers, self._has_bias = spec, layers, has_bias
         self.cell = spec.name
         self.hidden_size, self.proj_size, self.output_size = H, P, P or H
@@ -97,10 +124,13 @@ class PreparedNetwork:
         if self.backend == "cpu":
             plan_type = (_backends._core.PreparedFloat32 if self.dtype == np.float32
                          else _backends._core.PreparedFloat64)
-            self._plan = plan_type(spec.kind, self._flat, self.input_size, H, P, has_bias, L, D)
+            self._plan = plan_type(spec.kind, self._flat, self.input_size, H, P, has_bias, L, D,
+                                   weights_dtype == "bfloat16")
 
     def __repr__(self):
         extra = f", proj_size={self.proj_size}" if self.proj_size else ""
+        if self.weights_dtype:
+            extra += f", weights_dtype={self.weights_dtype}"
         return (f"<fastrnn PreparedNetwork {self.cell} input_size={self.input_size} "
                 f"hidden_size={self.hidden_size}{extra} num_layers={self.num_layers} "
                 f"bidirectional={self.bidirectional} {self.dtype} on {self.backend!r}>")

@@ -31,6 +31,8 @@ struct PackedWeights {
     bool ready = false;
   };
   Form forms[2];           // [0] apart, [1] stacked
+  bool bf16 = false;       // float32 weights whose values are all bfloat16 values (a prepared
+                           // network's weights_dtype="bfloat16"): the panels keep 16 bits each
   void release();          // frees both (also done by the destructor)
   PackedWeights() = default;
   PackedWeights(const PackedWeights&) = delete;
@@ -40,6 +42,7 @@ struct PackedWeights {
     if (this != &o) {
       release();
       for (int k = 0; k < 2; ++k) forms[k] = o.forms[k], o.forms[k] = Form{};
+      bf16 = o.bf16;
     }
     return *this;
   }
