@@ -172,9 +172,10 @@ constexpr int64_t kStackedMinRows = 4;
 // 2 MiB of an H = I = 256 LSTM) costs more than BLAS's own packing in one gemm (LSTM T = 1,
 // B = 16: 689 us with panels against 536 for a NumPy step). From 2 steps at 4 rows it pays
 // (BLAS's gemm packs the weights every step); below 4 rows BLAS runs gemv on the weights in
-// place, and packing pays from about 16 row-steps (12-20 us saved a step).
-bool packs_panels(int64_t T, int64_t B) {
-  return T >= 2 && (B >= kStackedMinRows || T * B >= 16);
+// place, and packing pays from about 16 row-steps (12-20 us saved a step). Several threads
+// pack either way (BLAS would read each thread's rows from a row copy of its own).
+bool packs_panels(int64_t T, int64_t B, int threads) {
+  return threads > 1 || (T >= 2 && (B >= kStackedMinRows || T * B >= 16));
 }
 
 template <class T>
@@ -361,7 +362,7 @@ void forward_cell(const ForwardParams<T>& p) {
   // products, with ah's r and z columns left at 0.
   constexpr bool kSummed = kSumsPreactivations<Cell>;  // the recurrent GEMM adds into ax
   constexpr bool kTwoPhase = Cell::kResetBeforeMatmul;
-  const bool panels = use_panels<T>(B) && (p.packed || packs_panels(T_, B));
+  const bool panels = use_panels<T>(B) && (p.packed || packs_panels(T_, B, pool.size()));
   // one step reads W_ih once whatever it does: in one product with W_hh, as from 4 rows
   const bool stacked = !kTwoPhase && panels && (B >= kStackedMinRows || T_ == 1);
   const bool n_apart = stacked && !kSummed;  // GRU

@@ -48,7 +48,7 @@ How it is built
   `w.data.add_(...)` or a NumPy view of a weight, are not seen: call
   `module.flatten_parameters()` after them. Outputs are the custom op's inference outputs,
   bitwise where both run the same products (float64; float32 where the op packs its weights
-  too: T >= 2 with B >= 4 or T*B >= 16), else within float32 rounding (the
+  too: T >= 2 with B >= 4 or T*B >= 16, or several threads), else within float32 rounding (the
   op multiplies 1-3 rows by BLAS gemv, the network by its packed panels). Threads calling one
   module at once take turns on its network (the op ran them side by side): give each thread
   its own `copy.deepcopy` of the module. Deep copies and pickles start without the network.
