@@ -202,6 +202,8 @@ def test_keras_section_rows():
 
     if importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch") is None:
         pytest.skip("keras or torch is not installed")
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):  # as .ci/sanitize leaves test_keras.py out
+        pytest.skip("Keras' backends throw C++ exceptions, which abort under the ASan runtime")
 
     out = io.StringIO()
     rows = _bench.run_keras(backends=("torch",), shape=(4, 6, 50, 8, 5), repeats=1, out=out)
