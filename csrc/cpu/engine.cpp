@@ -168,11 +168,11 @@ void add_column_sums(const T* a, int64_t rows, int64_t ld, int64_t n, T* part, d
 constexpr int64_t kStackedMinRows = 4;
 // Whether a call packs panels for itself (kept panels, PackedWeights, are always used): it
 // pays when the steps read the weights more often than packing does, once. A one-step call
-// never: its product reads each weight once, and packing (a transposing copy, ~190 us for the
-// 2 MiB of an H = I = 256 LSTM) costs more than BLAS's own packing in one gemm (LSTM T = 1,
-// B = 16: 689 us with panels against 536 for a NumPy step). From 2 steps at 4 rows it pays
-// (BLAS's gemm packs the weights every step); below 4 rows BLAS runs gemv on the weights in
-// place, and packing pays from about 16 row-steps (12-20 us saved a step). Several threads
+// never: its product reads each weight once, and packing (a transposing copy) costs more than
+// BLAS's own packing in one gemm (`python -m fastrnn bench --streaming`, LSTM T = 1, B = 16:
+// lstm_forward 689 us with panels against 537 for the NumPy step; after, 367 us). From 2
+// steps at 4 rows it pays (BLAS's gemm packs the weights every step); below 4 rows BLAS runs
+// gemv on the weights in place, and packing pays from about 16 row-steps. Several threads
 // pack either way (BLAS would read each thread's rows from a row copy of its own).
 bool packs_panels(int64_t T, int64_t B, int threads) {
   return threads > 1 || (T >= 2 && (B >= kStackedMinRows || T * B >= 16));
@@ -398,7 +398,7 @@ void forward_cell(const ForwardParams<T>& p) {
     *kept = PackedWeights::Form{};
     const Block block = allocate_block(sizeof(T) * size_t(panel_floats));  // 64-byte aligned
     kept->data = block.p, kept->capacity = block.capacity;
-    kept->floats = panel_floats, kept->threads = max_threads;
+    kept->floats = panel_floats;  // its thread count is recorded after the region
   }
   auto panel_buf = scratch<T>(panels && !kept ? panel_floats : 0);
   T* const panel_base = !panels ? nullptr : kept ? static_cast<T*>(kept->data) : panel_buf.get();
