@@ -219,18 +219,21 @@ py::tuple backward(int cell_id, Arr<T> x, std::vector<Arr<T>> weights, int64_t H
 template <class T>
 class Prepared {
  public:
-  // bf16: the weight matrices' values are all bfloat16 values (fastrnn.prepare rounded
-  // them), so their panels keep 16 bits a value (float32 only)
+  // narrow: 0, or what the weight matrices' values are (fastrnn.prepare rounded them), so
+  // that their panels keep fewer bits (float32 only): 1 bfloat16 values, 2 int8 rows times
+  // a scale each (PackedWeights::Narrow)
   Prepared(int cell_id, std::vector<Arr<T>> weights, int64_t I, int64_t H, int64_t P, bool bias,
-           int L, int D, bool bf16)
+           int L, int D, int narrow)
       : cell_(CellKind(cell_id)), I_(I), H_(H), P_(P), L_(L), D_(D), weights_(std::move(weights)),
         packed_(size_t(L) * size_t(D)) {
     if (L < 1 || (D != 1 && D != 2) || H < 1 || I < 0 || P < 0)
       throw std::invalid_argument("prepare: sizes out of range");
-    if (bf16 && !std::is_same_v<T, float>)
-      throw std::invalid_argument("weights_dtype: bfloat16 weights are for float32 networks");
+    if (narrow < 0 || narrow > 2)
+      throw std::invalid_argument("prepare: narrow must be 0, 1 or 2");
+    if (narrow && !std::is_same_v<T, float>)
+      throw std::invalid_argument("weights_dtype: bfloat16 and int8 weights are for float32 networks");
     w_ = split_weights(weights_, bias, RnnShape{0, 0, I, H, P}, gate_count(cell_), L, D);
-    for (PackedWeights& k : packed_) k.bf16 = bf16;
+    for (PackedWeights& k : packed_) k.narrow = PackedWeights::Narrow(narrow);
   }
 
   py::tuple forward(Arr<T> x, Arr<T> h0, std::optional<Arr<T>> c0,
@@ -315,7 +318,7 @@ class Prepared {
 template <class T>
 void bind_prepared(py::module_& m, const char* name) {
   py::class_<Prepared<T>>(m, name)
-      .def(py::init<int, std::vector<Arr<T>>, int64_t, int64_t, int64_t, bool, int, int, bool>())
+      .def(py::init<int, std::vector<Arr<T>>, int64_t, int64_t, int64_t, bool, int, int, int>())
       .def("forward", &Prepared<T>::forward)
       .def("step", &Prepared<T>::step);
 }

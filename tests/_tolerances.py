@@ -167,7 +167,7 @@ def assert_within_float32_budget(actual, naive, exact, *, forward, name, floor=F
         f"{e_naive:.3e} + {floor:.3g}")
 
 # ----------------------------------------------------------------------------------------------
-# Prepared networks with weights_dtype="bfloat16" (tests/test_prepared.py): the weight
+# Prepared networks with weights_dtype="bfloat16" or "int8" (tests/test_prepared.py): the weight
 # matrices rounded to bfloat16 (relative rounding 2^-9 = 2.0e-3, half its epsilon 3.9e-3),
 # float32 everywhere else. Norm-wise, max over t of max|h_bf16 - h_f32| / max|h_f32| against
 # the float32 network, T = 1000, B = 4, I = H = 64, weights ~ U(+-1/sqrt(H)): measured worst
@@ -175,6 +175,18 @@ def assert_within_float32_budget(actual, naive, exact, *, forward, name, floor=F
 # medians 1.6-3.0e-3): about one bfloat16 epsilon, not growing along the sequence. 1e-2 keeps
 # 2x headroom; a weight read at the wrong column or unrounded moves h by ~1e-1.
 BF16_WEIGHTS_REL = 1e-2
+# weights_dtype="int8": each row of a weight matrix as q·s, q in [-127, 127], s = max|row| / 127:
+# rounding of up to s / 2 = max|row| / 254 (3.9e-3 of the row's largest value, where bfloat16
+# rounds to 2^-9 of each value). Same measure and problem as BF16_WEIGHTS_REL, three seeds:
+# worst 1.3e-2 (LSTM 1.3e-2, LSTM proj 1.1e-2, GRU 1.1e-2 / 1.1e-2, RNN tanh 1.3e-2, relu
+# 8.7e-3; medians 4.1-7.8e-3), not growing along the sequence. 3e-2 keeps 2.3x headroom; a
+# wrong scale or column moves h by ~1e-1.
+INT8_WEIGHTS_REL = 3e-2
+# An int8 network against the float32 network of its dequantized weights q·s (T = 6, 2 layers,
+# H = 19, every cell, 1-16 rows, 1-2 threads): the same values, summed as s·Σ q·a against
+# Σ fl(q·s)·a, float32 rounding apart: measured worst 6.0e-7 norm-wise. 5e-6 keeps 8x headroom;
+# a scale of the wrong row or part moves h by ~1e-2.
+INT8_SAME_VALUES_REL = 5e-6
 
 
 # ----------------------------------------------------------------------------------------------

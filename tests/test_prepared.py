@@ -19,17 +19,20 @@ import numpy as np
 import pytest
 
 import fastrnn
-from _tolerances import (BF16_WEIGHTS_REL, SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL,
-                         assert_close, assert_within_float32_budget)
+from _tolerances import (BF16_WEIGHTS_REL, INT8_SAME_VALUES_REL, INT8_WEIGHTS_REL,
+                         SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,
+                         assert_within_float32_budget)
 from test_api import VARIANTS, Problem
 from test_reliability import SANITIZED, counting_malloc  # noqa: F401 - a fixture
 
 CPU = fastrnn.backends()["cpu"]["available"]
 needs_cpu = pytest.mark.skipif(not CPU, reason="compiled CPU engine not built")
 BACKENDS = [pytest.param("cpu", marks=needs_cpu), "reference"]
-# float32 steps run the same stacked product per step as a call over T from 4 rows on (AVX2
-# panel GEMM); below, a call projects x for many steps in one GEMM, a step in its own product
-AVX2 = CPU and fastrnn.backends()["cpu"]["simd"] == "avx2+fma"
+# float32 steps run the same stacked product per step as a call over T from 4 rows on (the
+# panel GEMM of the AVX2 and AVX-512 tables); below, a call projects x for many steps in one
+# GEMM, a step in its own product
+SIMD = fastrnn.backends()["cpu"].get("simd")
+PANELS = CPU and SIMD in ("avx2+fma", "avx512+fma")
 
 
 def prepared(p, backend="cpu", **kw):
@@ -92,7 +95,7 @@ def test_call_equals_functional_inference(variant, L, D, dtype, backend):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_steps_equal_one_call_over_the_sequence(variant, B, dtype, backend):
     """Stepping a 2-layer network over T steps gives the outputs, h_n and c_n of one call over
-    the T steps: bitwise where both run the same products (the reference; float32 on the AVX2
+    the T steps: bitwise where both run the same products (the reference; float32 on the panel
     kernels from 4 rows, one stacked product a step either way), else within float64's
     same-maths tolerance, or for float32 within the float32 budget against float64."""
     p = Problem(variant, T=7, B=B, I=5, H=9, L=2, D=1, lengths=None, dtype=dtype)
@@ -100,7 +103,7 @@ def test_steps_equal_one_call_over_the_sequence(variant, B, dtype, backend):
     want = net(p.x, *((p.h0, p.c0) if p.cell == "lstm" else (p.h0,)))
     y, h, c = step_through(net, p)
     got = {"y": y, "h_n": h, "c_n": c}
-    bitwise = backend == "reference" or (dtype == np.float32 and AVX2 and B >= 4)
+    bitwise = backend == "reference" or (dtype == np.float32 and PANELS and B >= 4)
     exact = None
     if dtype == np.float32 and not bitwise:
         p64 = Problem(variant, T=7, B=B, I=5, H=9, L=2, D=1, lengths=None, dtype=np.float64)
@@ -445,11 +448,131 @@ def test_bfloat16_options():
     with pytest.raises(TypeError, match=r"weights_dtype: 'bfloat16' stores the weights of a "
                                         r"float32 network .* got float64 weights"):
         fastrnn.prepare("gru", p.weights, weights_dtype="bfloat16")
+    with pytest.raises(TypeError, match=r"weights_dtype: 'int8' stores the weights of a "
+                                        r"float32 network .* got float64 weights"):
+        fastrnn.prepare("gru", p.weights, weights_dtype="int8")
     w32 = [w.astype(np.float32) for w in p.weights]
-    with pytest.raises(ValueError, match=r"weights_dtype: .*int8 weights are not available"):
-        fastrnn.prepare("gru", w32, weights_dtype="int8")
-    with pytest.raises(ValueError, match=r"weights_dtype: expected None .* or 'bfloat16'"):
-        fastrnn.prepare("gru", w32, weights_dtype="float16")
+    for bad in ("float16", "qint8", np.int8, 8):
+        with pytest.raises(ValueError, match=r"weights_dtype: expected None \(the weights' own "
+                                             r"dtype\), 'bfloat16' or 'int8', got "):
+            fastrnn.prepare("gru", w32, weights_dtype=bad)
     net = fastrnn.prepare("gru", w32, weights_dtype="bfloat16")
     assert net.dtype == np.float32 and net._flat[2].dtype == np.float32
     np.testing.assert_array_equal(net._flat[2], w32[2])  # biases are kept as given
+
+
+# ----------------------------------------------------------------------------------------------
+# weights_dtype="int8"
+
+
+def test_int8_rows_are_quantized_symmetrically():
+    """The network keeps, for every weight matrix, q·s per row: s = max|row| / 127, q integers
+    in [-127, 127] with the row's largest |value| at ±127, each value the nearest q·s to the
+    given one; biases stay as given; a zero row stays zero."""
+    p = Problem("lstm_proj", T=3, B=2, I=5, H=9, L=2, D=2, lengths=None, dtype=np.float32)
+    weights = list(p.weights)
+    weights[1] = weights[1].copy()
+    weights[1][3] = 0  # a zero row of w_hh
+    cell, kwargs = VARIANTS["lstm_proj"]
+    net = fastrnn.prepare(cell, weights, num_layers=2, bidirectional=True,
+                          weights_dtype="int8", **kwargs)
+    assert net.weights_dtype == "int8" and "weights_dtype=int8" in repr(net)
+    for mine, given in zip(net._flat, weights):
+        if given.ndim == 1:
+            np.testing.assert_array_equal(mine, given)
+            continue
+        given, mine = given.astype(np.float64), mine.astype(np.float64)
+        s = np.abs(given).max(axis=1, keepdims=True) / 127
+        zero = s[:, 0] == 0
+        assert not mine[zero].any()
+        q = mine[~zero] / s[~zero]
+        np.testing.assert_allclose(q, np.rint(q), rtol=0, atol=1e-4)  # integers
+        assert (np.abs(np.rint(q)).max(axis=1) == 127).all()
+        # the nearest: within half a step of the given value (and an ulp of float32 slack)
+        assert (np.abs(mine - given)[~zero] <= s[~zero] * (0.5 + 1e-5)).all()
+    assert not net._flat[1][3].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B", [1, 3, 5, 16])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_int8_network_is_the_float32_network_of_quantized_weights(variant, B, threads, backend,
+                                                                 restore_threads):
+    """An int8 network computes what a float32 network computes from its dequantized weights
+    q·s (PreparedNetwork._flat), to float32 rounding (INT8_SAME_VALUES_REL: its panels hold q in
+    8 bits and multiply each part's sum by s, where the float32 network sums fl(q·s)·a; on the
+    panel kernels the two differ somewhere, which shows the int8 panels ran). Whole sequences
+    (with lengths) and steps, 2 layers, 1 and 2 engine threads."""
+    if CPU:
+        fastrnn.set_num_threads(threads)
+    p = Problem(variant, T=6, B=B, I=7, H=19, L=2, D=1, dtype=np.float32)
+    net = prepared(p, backend, weights_dtype="int8")
+    cell, kwargs = VARIANTS[variant]
+    ref = fastrnn.prepare(cell, list(net._flat), num_layers=2, backend=backend, **kwargs)
+    state = (p.h0, p.c0) if p.cell == "lstm" else (p.h0,)
+    pairs = list(zip(net(p.x, *state, lengths=p.lengths), ref(p.x, *state, lengths=p.lengths)))
+    pairs += list(zip(step_through(net, p), step_through(ref, p)))
+    errors = [np.abs(a - b).max() / np.abs(b).max() for a, b in pairs if a is not None]
+    assert max(errors) <= INT8_SAME_VALUES_REL, errors
+    if backend == "cpu" and PANELS:
+        assert max(errors) > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_int8_error_over_1000_steps(variant):
+    """Against the float32 network of the original weights, over T = 1000: max over t of
+    max|h_int8 - h_f32| / max|h_f32| within INT8_WEIGHTS_REL (_tolerances.py says why)."""
+    cell, kwargs = VARIANTS[variant]
+    rng = np.random.default_rng(1)
+    T, B, I, H = 1000, 4, 64, 64
+    G, P = {"lstm": 4, "gru": 3, "rnn": 1}[cell], kwargs.get("proj_size", 0)
+    kwargs = dict(kwargs, proj_size=32) if P else kwargs
+    Ho, s = (32 if P else H), 1 / np.sqrt(H)
+    w = [rng.uniform(-s, s, shape).astype(np.float32)
+         for shape in [(G * H, I), (G * H, Ho), (G * H,), (G * H,)] + ([(32, H)] if P else [])]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    exact = fastrnn.prepare(cell, w, **kwargs)(x).y.astype(np.float64)
+    got = fastrnn.prepare(cell, w, weights_dtype="int8", **kwargs)(x).y.astype(np.float64)
+    err = np.abs(got - exact).max(axis=(1, 2)) / np.abs(exact).max(axis=(1, 2))
+    print(f"{variant}: worst norm-wise error {err.max():.2e}, median {np.median(err):.2e}")
+    assert err.max() <= INT8_WEIGHTS_REL
+    assert np.median(err) > BF16_WEIGHTS_REL / 10  # int8, not float32 or bfloat16 weights
+
+
+def test_int8_needs_finite_weights():
+    p = Problem("rnn_tanh", T=3, B=2, I=4, H=5, L=2, D=1, lengths=None, dtype=np.float32)
+    for k, bad in ((0, np.nan), (5, np.inf)):
+        w = [a.copy() for a in p.weights]
+        w[k][1, 2] = bad
+        where = "w_ih of layer 0" if k == 0 else "w_hh of layer 1"
+        with pytest.raises(ValueError, match=rf"weights \({where}\): int8 weights must be "
+                                             r"finite, got a NaN or an infinity"):
+            fastrnn.prepare("rnn", w, num_layers=2, weights_dtype="int8")
+
+
+# Every instruction-set table on this machine: the tests of narrow weights and of the panel
+# products again with the kernels capped at AVX2 (the default table of an AVX-512 CPU is
+# AVX-512) and at baseline x86-64 (BLAS on the float32 values, no panels).
+TABLE_TESTS = ["tests/test_prepared.py", "tests/test_engine.py", "-k",
+               "(bfloat16 or int8 or steps_equal or float32) and not every_kernel_table"]
+
+
+@needs_cpu
+@pytest.mark.parametrize("simd", ["avx2", "baseline"])
+def test_panel_products_on_every_kernel_table(simd):
+    if simd == "avx2" and SIMD != "avx512+fma":
+        pytest.skip(f"the default kernel table here is {SIMD}: the tests ran on it already")
+    pytest.importorskip("torch")  # bfloat16_values
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTRNN_SIMD=simd)
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            *TABLE_TESTS], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=1200)
+    tail = child.stdout[-3000:] + child.stderr[-2000:]
+    assert child.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail
+    check = subprocess.run([sys.executable, "-c", "import fastrnn; "
+                            "print(fastrnn.backends()['cpu']['simd'])"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert check.stdout.strip() == {"avx2": "avx2+fma", "baseline": "baseline"}[simd]

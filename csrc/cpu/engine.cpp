@@ -18,11 +18,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/blocks.h"
 #include "cpu/gemm.h"
@@ -198,7 +200,9 @@ struct StepWeights {
   int64_t block = 0, block_stride = 0;
   const T* panels = nullptr;
   int64_t k_x = 0;
-  bool bf16 = false;  // the panels hold bfloat16 (uint16_t) values, not T: see narrow_panels
+  // what the panels hold instead of T: bfloat16 (uint16_t) values or int8 rows with scales
+  // (narrow_panels)
+  PackedWeights::Narrow narrow = PackedWeights::Narrow::kNone;
 };
 
 // Where the panels of one operand go, for every thread at once: thread tid's share of the
@@ -251,23 +255,61 @@ StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int6
   return s;
 }
 
-// A float operand's panels rewritten in place as bfloat16 (a value's upper 16 bits), their
-// rows one after another from the start of their span, as the bfloat16 panel GEMM reads them
-// (panel_gemm.h, load_row): a row of 16 columns becomes 8 words, word c = column c in the low
-// half, column c + 8 in the high half. Exact for weights whose values are bfloat16 values
-// (the prepared network rounded them).
+// A float operand's panels rewritten in place in a narrower type, as the bfloat16 and int8
+// panel GEMMs read them (panel_gemm.h), one panel after another from the start of their span:
+// - bfloat16 (a value's upper 16 bits): a row of 16 columns becomes 8 words, word c = column
+//   c in the low half, column c + 8 in the high half. Exact for weights whose values are
+//   bfloat16 values (the prepared network rounded them).
+// - int8: each panel becomes its header (a scale per column for the k_x rows of W_ih, another
+//   for the K rows of the second part) and its rows of 16 bytes: per column and part, s =
+//   max|v| / 127 and q = round(v / s). Each column holds a whole row of its weight matrix, so
+//   for weights quantized row by row (v = q·s, what the prepared network keeps) this gives back
+//   q and s to within an ulp of s. A panel of k_x + K < 3 rows is left in float32 (its int8
+//   form would not fit in place; the product is tiny).
 template <class T>
-void narrow_panels(StepWeights<T>& s) {
+void narrow_panels(StepWeights<T>& s, PackedWeights::Narrow narrow) {
   if constexpr (std::is_same_v<T, float>) {
-    if (!s.panels) return;
+    using Narrow = PackedWeights::Narrow;
+    if (!s.panels || narrow == Narrow::kNone) return;
     static_assert(kPanelCols == 16, "a bfloat16 panel row is 8 words of two columns");
-    const int64_t rows = (s.N + kPanelCols - 1) / kPanelCols * (s.K + s.k_x);
-    uint32_t* bits = reinterpret_cast<uint32_t*>(const_cast<float*>(s.panels));
-    for (int64_t r = 0; r < rows; ++r) {  // row r's words land at 8r, before its floats at 16r
-      uint32_t row[16];
-      std::memcpy(row, bits + 16 * r, sizeof(row));
-      for (int c = 0; c < 8; ++c) bits[8 * r + c] = (row[c] >> 16) | (row[c + 8] & 0xFFFF0000u);
+    const int64_t depth = s.K + s.k_x, n_panels = (s.N + kPanelCols - 1) / kPanelCols;
+    if (narrow == Narrow::kBf16) {
+      const int64_t rows = n_panels * depth;
+      uint32_t* bits = reinterpret_cast<uint32_t*>(const_cast<float*>(s.panels));
+      for (int64_t r = 0; r < rows; ++r) {  // row r's words land at 8r, before its floats at 16r
+        uint32_t row[16];
+        std::memcpy(row, bits + 16 * r, sizeof(row));
+        for (int c = 0; c < 8; ++c) bits[8 * r + c] = (row[c] >> 16) | (row[c + 8] & 0xFFFF0000u);
+      }
+      s.narrow = narrow;
+      return;
     }
+    if (depth < 3) return;
+    // panel q's int8 form starts at byte q·(header + 16·depth) <= its floats' 64·q·depth, and
+    // ends before panel q + 1's floats: each panel is copied out before it is overwritten
+    std::vector<float> copy(size_t(depth * kPanelCols));
+    char* out = reinterpret_cast<char*>(const_cast<float*>(s.panels));
+    for (int64_t q = 0; q < n_panels; ++q) {
+      std::memcpy(copy.data(), s.panels + q * depth * kPanelCols, copy.size() * sizeof(float));
+      char* panel = out + q * (kInt8PanelHeader + depth * kPanelCols);
+      float scales[2][kPanelCols];
+      int8_t* rows = reinterpret_cast<int8_t*>(panel + kInt8PanelHeader);
+      for (int64_t c = 0; c < kPanelCols; ++c) {
+        for (int part = 0; part < 2; ++part) {
+          const int64_t k0 = part ? s.k_x : 0, k1 = part ? depth : s.k_x;
+          float m = 0.f;
+          for (int64_t k = k0; k < k1; ++k) m = std::max(m, std::fabs(copy[k * kPanelCols + c]));
+          const float scale = m / 127.f;
+          scales[part][c] = scale;
+          for (int64_t k = k0; k < k1; ++k) {
+            const float v = scale > 0.f ? std::nearbyint(copy[k * kPanelCols + c] / scale) : 0.f;
+            rows[k * kPanelCols + c] = int8_t(std::clamp(v, -127.f, 127.f));
+          }
+        }
+      }
+      std::memcpy(panel, scales, sizeof(scales));
+    }
+    s.narrow = narrow;
   }
 }
 
@@ -291,9 +333,14 @@ template <class T>
 void step_gemm(int64_t M, const T* A, int64_t lda, const StepWeights<T>& b, bool accumulate,
                T* C, int64_t ldc, const T* X = nullptr, int64_t ldx = 0) {
   if constexpr (std::is_same_v<T, float>) {
-    if (b.panels && b.bf16) {
+    if (b.panels && b.narrow == PackedWeights::Narrow::kBf16) {
       kernels().panel_gemm_bf16(M, b.N, {X, ldx, b.k_x}, {A, lda, b.K},
                                 reinterpret_cast<const uint16_t*>(b.panels), C, ldc, accumulate);
+      return;
+    }
+    if (b.panels && b.narrow == PackedWeights::Narrow::kInt8) {
+      kernels().panel_gemm_int8(M, b.N, {X, ldx, b.k_x}, {A, lda, b.K},
+                                reinterpret_cast<const int8_t*>(b.panels), C, ldc, accumulate);
       return;
     }
     if (b.panels) {
@@ -403,8 +450,8 @@ void forward_cell(const ForwardParams<T>& p) {
   auto panel_buf = scratch<T>(panels && !kept ? panel_floats : 0);
   T* const panel_base = !panels ? nullptr : kept ? static_cast<T*>(kept->data) : panel_buf.get();
   int region_threads = max_threads;  // what the region got (fewer if the pool shrank since)
-  // bfloat16 panels: kept ones of a network whose weights are bfloat16 values
-  const bool bf16 = kept && p.packed->bf16 && kernels().panel_gemm_bf16 != nullptr;
+  // bfloat16 or int8 panels: kept ones of a network whose weights are such values
+  const PackedWeights::Narrow narrow = kept ? p.packed->narrow : PackedWeights::Narrow::kNone;
 
   pool.run(max_threads, [&](int tid, int nt) {
     if (tid == 0) region_threads = nt;
@@ -462,10 +509,11 @@ void forward_cell(const ForwardParams<T>& p) {
     if (projected)
       proj = step_weights(p.w.w_hr + p0 * H, H, true, H, p1 - p0,
                           at(ps_hr, n_pan_hh + n_pan_n + n_pan_in, p0), pack);
-    if (bf16) {  // every product of this call reads its panels in bfloat16
+    if (narrow != PackedWeights::Narrow::kNone) {  // every product reads narrow panels
       for (StepWeights<T>* s : {&rec, &rec_n, &in_n, &proj}) {
-        if (pack) narrow_panels(*s);
-        s->bf16 = true;
+        if (pack) narrow_panels(*s, narrow);
+        else if (s->panels && (narrow == PackedWeights::Narrow::kBf16 || s->K + s->k_x >= 3))
+          s->narrow = narrow;  // as narrow_panels left them
       }
     }
     int64_t lo = 0, hi = 0;  // time steps [lo, hi) currently projected in ax
@@ -903,7 +951,7 @@ double fma_peak_gflops() {
   const auto loop = kernels().fma_loop;
   if (loop == nullptr) return 0.0;
   constexpr int64_t kRounds = int64_t(1) << 25;  // 6.4 GFLOP a thread: ~70 ms at 93 GFLOP/s
-  constexpr double kFlopsPerRound = kFmaChains * 8 * 2;
+  const double kFlopsPerRound = kFmaChains * kernels().fma_width * 2.0;
   ThreadPool& pool = ThreadPool::instance();
   double best = 0.0;
   for (int attempt = 0; attempt < 3; ++attempt) {

@@ -95,23 +95,33 @@ using PanelGemm = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2, const flo
 // The same with bfloat16 panels (each value a float32's upper 16 bits), widened on load.
 using PanelGemmBf16 = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2,
                                const uint16_t* panels, float* C, int64_t ldc, bool accumulate);
+// The same with int8 panels (per-column scales in each panel's header, see panel_gemm.h).
+using PanelGemmInt8 = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2, const int8_t* panels,
+                               float* C, int64_t ldc, bool accumulate);
 constexpr int64_t kPanelCols = 16;  // columns per panel
-constexpr int64_t kPanelRows = 6;   // rows of C per micro-kernel tile
+constexpr int64_t kPanelRows = 6;   // rows of C per micro-kernel tile (AVX2; AVX-512: 12)
+// Bytes before the rows of an int8 panel: a float scale per column for each of A1 and A2.
+constexpr int64_t kInt8PanelHeader = 2 * kPanelCols * 4;
 constexpr int kFmaChains = 12;      // independent FMA chains of the peak loop, a round each
 
 // Every cell × dtype, for one instruction set.
 struct KernelTable {
   CellKernels<float> f32[5];   // indexed by CellKind
   CellKernels<double> f64[5];
-  PanelGemm panel_gemm = nullptr;  // AVX2+FMA only; null: the engine calls BLAS
-  PanelGemmBf16 panel_gemm_bf16 = nullptr;  // AVX2+FMA only, with panel_gemm
-  // AVX2+FMA only: `rounds` × kFmaChains 8-wide FMAs, nothing else (cpu/fma_peak.h)
+  PanelGemm panel_gemm = nullptr;  // AVX2+FMA and AVX-512 only; null: the engine calls BLAS
+  PanelGemmBf16 panel_gemm_bf16 = nullptr;  // with panel_gemm
+  PanelGemmInt8 panel_gemm_int8 = nullptr;  // with panel_gemm
+  // AVX2+FMA and AVX-512 only: `rounds` × kFmaChains FMAs of fma_width floats, nothing else
+  // (cpu/fma_peak.h)
   float (*fma_loop)(int64_t rounds, float seed) = nullptr;
+  int fma_width = 0;
 };
 
-// The table for this CPU: AVX2+FMA code where the CPU has both, else the baseline x86-64 code.
+// The table for this CPU: AVX-512 code where the CPU has AVX-512 F/BW/VL/DQ, AVX2+FMA code
+// where it has both, else the baseline x86-64 code. FASTRNN_SIMD=avx2 or =baseline (read once)
+// caps it: tests use it to cover every table on one machine.
 const KernelTable& kernels();
-// "avx2+fma" or "baseline": which table kernels() returns.
+// "avx512+fma", "avx2+fma" or "baseline": which table kernels() returns.
 const char* kernels_isa();
 
 }  // namespace fastrnn::cpu

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // cpu/kernels_isa.cpp — compiled once per instruction set (CMake defines FASTRNN_ISA and the
-// matching -m flags: "baseline" with none, "avx2" with -mavx2 -mfma). Instantiates the
+// matching -m flags: "baseline" with none, "avx2" with -mavx2 -mfma, "avx512" with those and
+// -mavx512f/bw/vl/dq). Instantiates the
 // pointwise kernels of every cell × dtype, and the panel GEMM and the FMA peak loop where the
 // instruction set has them, and hands them out as one table. Nothing else.
 #include "fastrnn/cells/gru.h"
@@ -32,9 +33,11 @@ KernelTable FASTRNN_CONCAT(make_kernel_table_, FASTRNN_ISA)() {
 #if defined(FASTRNN_HAVE_PANEL_GEMM)
   t.panel_gemm = &isa::panel_gemm<float>;
   t.panel_gemm_bf16 = &isa::panel_gemm<uint16_t>;
+  t.panel_gemm_int8 = &isa::panel_gemm<int8_t>;
 #endif
 #if defined(FASTRNN_HAVE_FMA_PEAK)
   t.fma_loop = &isa::fma_loop;
+  t.fma_width = isa::kFmaWidth;
 #endif
   return t;
 }

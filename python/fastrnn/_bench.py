@@ -112,7 +112,7 @@ def gemm_rate(threads):
 
 def fma_peak(threads):
     """GFLOP/s of float32 multiply-adds on `threads` of fastrnn's threads at once, from a loop
-    of nothing else: the compute peak no GEMM can pass. None without AVX2+FMA kernels."""
+    of nothing else: the compute peak no GEMM can pass. None without AVX2+FMA or AVX-512 kernels."""
     core = _backends._core
     if core is None:
         return None

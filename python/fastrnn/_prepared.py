@@ -30,10 +30,14 @@ def prepare(cell, weights, *, num_layers=1, bidirectional=False, proj_size=0,
                [w_hr (P, H)]; float32 or float64, all one dtype, which the network keeps
     num_layers, bidirectional, proj_size (LSTM only)   as in the functional API
     linear_before_reset (GRU only), nonlinearity (RNN only)   as in the functional API
-    weights_dtype  None: the weights' own dtype; "bfloat16" (float32 networks): the weight
-               matrices (w_ih, w_hh, w_hr; not the biases) rounded to bfloat16, which the
-               compiled engine then reads at 16 bits a value (half the bytes a step moves);
-               activations, states and sums stay float32. "int8" is not available yet.
+    weights_dtype  None: the weights' own dtype; or, for float32 networks, what the weight
+               matrices (w_ih, w_hh, w_hr; not the biases) are stored as, which the compiled
+               engine then reads in place of float32 (activations, states and sums stay
+               float32): "bfloat16", each value rounded to the nearest bfloat16 (16 bits a
+               value: half the bytes a step moves); "int8", each row quantized symmetrically
+               (scale s = max|row| / 127, values round(w / s) in [-127, 127], as PyTorch's
+               dynamic quantization does; a quarter of the bytes). The error this costs is
+               in the serving guide.
     backend    None (the compiled engine, else the NumPy reference) | "cpu" | "reference"
 
     The network owns a copy of the weights: writing into the arrays given afterwards does
@@ -41,11 +45,9 @@ def prepare(cell, weights, *, num_layers=1, bidirectional=False, proj_size=0,
     """
     if not isinstance(cell, str) or cell not in _CELL_NAMES:
         raise ValueError(f"cell: expected one of {_CELL_NAMES}, got {cell!r}")
-    if weights_dtype is not None and weights_dtype != "bfloat16":
-        raise ValueError(
-            f"weights_dtype: expected None (the weights' own dtype) or 'bfloat16'"
-            + ("; int8 weights are not available in this version" if weights_dtype == "int8"
-               else "") + f", got {weights_dtype!r}")
+    if weights_dtype not in _WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype: expected None (the weights' own dtype), 'bfloat16' or "
+                         f"'int8', got {weights_dtype!r}")
     if cell == "lstm":
         spec = _api._LSTM
     elif cell == "gru":
@@ -58,6 +60,23 @@ def prepare(cell, weights, *, num_layers=1, bidirectional=False, proj_size=0,
         raise ValueError(f"proj_size: only the LSTM has a projection, got {proj_size} for {cell}")
     return PreparedNetwork(spec, weights, num_layers, bidirectional, proj_size, backend,
                            weights_dtype)
+
+
+_WEIGHTS_DTYPES = (None, "bfloat16", "int8")
+# what the compiled engine's panels keep of a float32 network's matrices (bindings.cpp)
+_NARROW = {None: 0, "bfloat16": 1, "int8": 2}
+
+
+def _quantize_rows_int8(w, name):
+    """float32 matrix w quantized row by row, in place: s = max|row| / 127 (in float32), row =
+    round(row / s)·s, round(row / s) in [-127, 127] (a zero row stays zero). The engine reads
+    back the integers and s from these values (cpu/engine.cpp, narrow_panels)."""
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name}: int8 weights must be finite, got a NaN or an infinity")
+    scale = np.abs(w).max(axis=1, keepdims=True) / np.float32(127)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    w[...] = np.clip(np.rint(w / safe), -127, 127) * scale
+    return w
 
 
 def _round_to_bfloat16(w):
@@ -76,7 +95,7 @@ class PreparedNetwork:
     """An RNN ready for inference: `net(x)` over whole sequences, `net.step(x_t, h, c)` one
     time step at a time. Made by `fastrnn.prepare`; see there for what it keeps.
 
-    Attributes: cell ("lstm" | "gru" | "rnn"), dtype, weights_dtype (None | "bfloat16"),
+    Attributes: cell ("lstm" | "gru" | "rnn"), dtype, weights_dtype (None | "bfloat16" | "int8"),
     input_size (I), hidden_size (H), proj_size (P, 0 = none), output_size (Hout: P or H),
     num_layers (L), bidirectional, backend ("cpu" | "reference"). Calls from several threads at once are safe (they take
     turns on one network) and release the GIL.
@@ -102,15 +121,21 @@ class PreparedNetwork:
         self.input_size = int(w0.shape[1])
         layers, H, has_bias = _api._split_weights(weights, spec, L, D, P, self.input_size,
                                                   self.dtype, copy=True)
-        if weights_dtype == "bfloat16":
+        if weights_dtype is not None:
             if self.dtype != np.float32:
                 raise TypeError(
-                    f"weights_dtype: 'bfloat16' stores the weights of a float32 network (float32 "
-                    f"activations and states), got {self.dtype} weights: cast them to float32")
-            for lw in layers:  # the matrices; biases stay float32
-                for w in (lw[0], lw[1], lw[4]):
-                    if w is not None:
+                    f"weights_dtype: {weights_dtype!r} stores the weights of a float32 network "
+                    f"(float32 activations and states), got {self.dtype} weights: cast them to "
+                    f"float32")
+            for n, lw in enumerate(layers):  # the matrices; biases stay float32
+                for w, what in ((lw[0], "w_ih"), (lw[1], "w_hh"), (lw[4], "w_hr")):
+                    if w is None:
+                        continue
+                    if weights_dtype == "bfloat16":
                         _round_to_bfloat16(w)
+                    else:
+                        _quantize_rows_int8(w, f"weights ({what} of layer {n // D}"
+                                               + (", reverse direction)" if n % D else ")"))
         self.weights_dtype = weights_dtype
         self._spec, self._layers, self._has_bias = spec, layers, has_bias
         self.cell = spec.name
@@ -125,7 +150,7 @@ class PreparedNetwork:
             plan_type = (_backends._core.PreparedFloat32 if self.dtype == np.float32
                          else _backends._core.PreparedFloat64)
             self._plan = plan_type(spec.kind, self._flat, self.input_size, H, P, has_bias, L, D,
-                                   weights_dtype == "bfloat16")
+                                   _NARROW[weights_dtype])
 
     def __repr__(self):
         extra = f", proj_size={self.proj_size}" if self.proj_size else ""

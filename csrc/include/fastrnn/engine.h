@@ -31,8 +31,12 @@ struct PackedWeights {
     bool ready = false;
   };
   Form forms[2];           // [0] apart, [1] stacked
-  bool bf16 = false;       // float32 weights whose values are all bfloat16 values (a prepared
-                           // network's weights_dtype="bfloat16"): the panels keep 16 bits each
+  // What the panels keep of float32 weights (a prepared network's weights_dtype):
+  // kBf16, weights whose values are all bfloat16 values: 16 bits each; kInt8, weights whose
+  // every row is q·s, q integers in [-127, 127] and s = max|row| / 127 (rounded to float32):
+  // q in 8 bits, s a float per row (cpu/panel_gemm.h).
+  enum class Narrow { kNone, kBf16, kInt8 };
+  Narrow narrow = Narrow::kNone;
   void release();          // frees both (also done by the destructor)
   PackedWeights() = default;
   PackedWeights(const PackedWeights&) = delete;
@@ -42,7 +46,7 @@ struct PackedWeights {
     if (this != &o) {
       release();
       for (int k = 0; k < 2; ++k) forms[k] = o.forms[k], o.forms[k] = Form{};
-      bf16 = o.bf16;
+      narrow = o.narrow;
     }
     return *this;
   }
