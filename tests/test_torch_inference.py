@@ -418,3 +418,109 @@ def test_deepcopy_and_pickle_start_without_the_network():
         for _ in range(2):
             assert_bitwise(infer(other, x, hx), want)
         assert cached(other) is not None and cached(other) is not cached(m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Low-precision weights: set_weights_dtype and quantize_dynamic
+
+
+def prepared_outputs(module, x, state, weights_dtype):
+    """What fastrnn.prepare(weights_dtype=...) gives on the module's weights: (y, h_n[, c_n])."""
+    cell, options = ft._PREPARE[module.mode]
+    net = fastrnn.prepare(cell, [w.detach().numpy() for w in module._flat_weights],
+                          num_layers=module.num_layers, bidirectional=module.bidirectional,
+                          proj_size=module.proj_size, weights_dtype=weights_dtype, **options)
+    states = [s.numpy() for s in (state if isinstance(state, tuple) else (state,))]
+    out = net(x.numpy(), *states)
+    return [a for a in (out.y, out.h_n, out.c_n) if a is not None]
+
+
+@pytest.mark.parametrize("weights_dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("T", [1, 6])
+@pytest.mark.parametrize("cell", list(FAST))
+def test_low_precision_weights_run_the_prepared_network(cell, T, weights_dtype):
+    """A module with set_weights_dtype runs, from its first call, what the prepared network of
+    that weights_dtype gives (bitwise: the same engine), not float32 weights' results; whole
+    sequences and one step, 2 layers."""
+    module = make(cell, torch.float32, num_layers=2).eval()
+    assert module.set_weights_dtype(weights_dtype) is module
+    x, state = inputs(module, T, 3, torch.float32)
+    with torch.no_grad():
+        y, hidden = module(x, state)
+        y32, _ = copy.deepcopy(module).set_weights_dtype(None)(x, state)
+    got = [y] + list(hidden if isinstance(hidden, tuple) else (hidden,))
+    want = prepared_outputs(module, x, state, weights_dtype)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b)
+    assert not torch.equal(y, y32)  # not the float32 weights' outputs
+
+
+def test_low_precision_weights_follow_parameter_changes():
+    module = make("lstm", torch.float32).eval().set_weights_dtype("int8")
+    x, state = inputs(module, 4, 2, torch.float32)
+    with torch.no_grad():
+        module(x, state)
+        module.weight_hh_l0.mul_(0.5)  # an in-place change torch counts
+        y, _ = module(x, state)
+    np.testing.assert_array_equal(y.numpy(), prepared_outputs(module, x, state, "int8")[0])
+    module.set_weights_dtype(None)  # float32 weights again, and trainable
+    x.requires_grad_(True)
+    module(x, state)[0].sum().backward()
+    assert x.grad is not None
+
+
+def test_low_precision_weights_refuse_what_they_cannot_run():
+    module = make("gru", torch.float32, num_layers=2, dropout=0.5)
+    module.set_weights_dtype("int8")
+    x, state = inputs(module, 3, 2, torch.float32)
+    message = r"GRU: weights_dtype='int8' runs inference only: .*set_weights_dtype\(None\)"
+    with pytest.raises(RuntimeError, match=message):  # gradients wanted
+        module(x, state)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=message):  # training-mode dropout
+        module(x, state)
+    with torch.no_grad():
+        module.eval()(x, state)
+    with pytest.raises(ValueError, match=r"weights_dtype: expected None, 'bfloat16' or 'int8', "
+                                         r"got 'float16'"):
+        module.set_weights_dtype("float16")
+    with pytest.raises(TypeError, match=r"weights_dtype: 'int8' stores the weights of a float32 "
+                                        r"module, got torch.float64 parameters"):
+        make("gru", torch.float64).set_weights_dtype("int8")
+
+
+class TwoRNNs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(I, H, num_layers=2)
+        self.head = torch.nn.Sequential(torch.nn.GRU(H, H))
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head[0](y)[0]
+
+
+def test_quantize_dynamic_swaps_in_drop_ins():
+    """torch.ao.quantization.quantize_dynamic's replacement: nn.LSTM/GRU/RNN inside a model (and
+    a bare one) become fastrnn modules with the weights_dtype, sharing nothing with the original
+    unless inplace; outputs within the int8 budget of the float32 model."""
+    from _tolerances import INT8_WEIGHTS_REL
+
+    torch.manual_seed(0)
+    model = TwoRNNs().eval()
+    q = ft.quantize_dynamic(model)
+    assert type(q.rnn) is ft.LSTM and type(q.head[0]) is ft.GRU
+    assert type(model.rnn) is torch.nn.LSTM  # a copy was changed
+    assert q.rnn.weights_dtype == q.head[0].weights_dtype == "int8"
+    x = torch.randn(7, 2, I)
+    with torch.no_grad():
+        want, got = model(x), q(x)
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert 0 < err <= INT8_WEIGHTS_REL, err
+    bare = ft.quantize_dynamic(torch.nn.RNN(I, H), "bfloat16", inplace=True)
+    assert type(bare) is ft.RNN and bare.weights_dtype == "bfloat16"
+    q2 = pickle.loads(pickle.dumps(q))
+    assert q2.rnn.weights_dtype == "int8"
+    with torch.no_grad():
+        torch.testing.assert_close(q2(x), got, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"weights_dtype: expected 'int8' or 'bfloat16'"):
+        ft.quantize_dynamic(model, None)

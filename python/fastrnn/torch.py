@@ -52,11 +52,15 @@ How it is built
   op multiplies 1-3 rows by BLAS gemv, the network by its packed panels). Threads calling one
   module at once take turns on its network (the op ran them side by side): give each thread
   its own `copy.deepcopy` of the module. Deep copies and pickles start without the network.
+- `set_weights_dtype("bfloat16" | "int8")` (and `quantize_dynamic`, which swaps the drop-ins
+  into a model) makes that path run on a narrow copy of the weights (`fastrnn.prepare`'s
+  weights_dtype), prepared on the first call; calls the path cannot take then raise.
 - Dropout (training mode, between layers) draws its seed from torch's generator, so
   `torch.manual_seed` makes runs reproducible; the masks are fastrnn's, not torch's, so the
   same seed does not give torch.nn's masks.
 """
 
+import copy
 import functools
 import json
 import warnings
@@ -68,7 +72,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _api, _backends, _prepared
 
-__all__ = ["LSTM", "GRU", "RNN", "from_torch"]
+__all__ = ["LSTM", "GRU", "RNN", "from_torch", "quantize_dynamic"]
 
 # cell -> (gates G, functional forward, functional backward, fixed keyword arguments)
 _CELLS = {
@@ -431,6 +435,7 @@ def _weights_key(module, weights):
     if any(w.is_inference() for w in weights):
         return None
     return (module.mode, module.num_layers, module.bidirectional, module.proj_size,
+            module.__dict__.get("weights_dtype"),
             *[(w.data_ptr(), w._version, w.dtype, w.shape, w.stride()) for w in weights])
 
 
@@ -508,8 +513,15 @@ class _RNNBase(torch.nn.RNNBase):
         weights = self._flat_weights
         dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
         net = None
+        weights_dtype = self.__dict__.get("weights_dtype")
         if dropout == 0 and _eager_cpu_inference((x, h0, c0, *weights)):
-            net = self._prepared_network(weights)
+            net = self._prepared_network(weights, weights_dtype)
+        if net is None and weights_dtype is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}: weights_dtype={weights_dtype!r} runs inference only: on "
+                f"CPU float32 tensors with nothing requiring grad (torch.no_grad() or "
+                f"torch.inference_mode()), dropout off (eval()), outside torch.compile, tracing "
+                f"and torch.func transforms; set_weights_dtype(None) to train or run there")
         if net is not None:
             y, h_n, c_n = _run_prepared(net, x, h0, c0, lengths, batch_first)
         else:
@@ -564,30 +576,56 @@ class _RNNBase(torch.nn.RNNBase):
         else:
             self.check_forward_args(x, hx, None)
 
-    def _prepared_network(self, weights):
+    def set_weights_dtype(self, weights_dtype):
+        """Store the weights for CPU inference in a narrower type, as `fastrnn.prepare`'s
+        weights_dtype: "bfloat16" (each value rounded) or "int8" (each row quantized
+        symmetrically, a float32 scale a row; what torch.ao's dynamic quantization did for
+        nn.LSTM/GRU); None: float32 again. The parameters themselves stay float32 and unchanged:
+        forward packs a narrow copy of them (again after they change) and runs on it; a call
+        that could not (a gradient is needed, dropout is on, CUDA or float64 tensors, under
+        torch.compile or torch.func) raises RuntimeError rather than run float32 weights. The
+        error it costs is in the serving guide. Returns the module."""
+        if weights_dtype not in _prepared._WEIGHTS_DTYPES:
+            raise ValueError(f"weights_dtype: expected None, 'bfloat16' or 'int8', got "
+                             f"{weights_dtype!r}")
+        dtype = self._flat_weights[0].dtype
+        if weights_dtype is not None and dtype != torch.float32:
+            raise TypeError(f"weights_dtype: {weights_dtype!r} stores the weights of a float32 "
+                            f"module, got {dtype} parameters: call .float() first")
+        self.__dict__["weights_dtype"] = weights_dtype
+        self.__dict__.pop("_prepared_cache", None)
+        return self
+
+    def _prepared_network(self, weights, weights_dtype=None):
         """The prepared network of the current weights, made on their second call (see
         _PreparedCache); None for this call when it is their first, or when they cannot be
-        cached (inference tensors)."""
+        cached (inference tensors). With weights_dtype (set_weights_dtype), on the first call,
+        and on every call for weights that cannot be cached: the call must run on them."""
         key = _weights_key(self, weights)
         if key is None:
-            return None
+            return None if weights_dtype is None else self._prepare(weights, weights_dtype)[0]
         cache = self.__dict__.get("_prepared_cache")
         if cache is None:
             cache = self.__dict__["_prepared_cache"] = _PreparedCache()
         entry = cache.entry
         if entry is not None and entry[0] == key:
             return entry[1]
-        if cache.seen != key:
+        if cache.seen != key and weights_dtype is None:
             cache.seen = key
             return None
         cache.entry = None  # the old copy goes before the new one comes
+        net, held = self._prepare(weights, weights_dtype)
+        cache.entry, cache.seen = (key, net, held), None
+        return net
+
+    def _prepare(self, weights, weights_dtype):
+        """(prepared network, the detached weights it was made from)."""
         cell, options = _PREPARE[self.mode]
         held = [w.detach() for w in weights]
         net = _prepared.prepare(cell, [w.numpy() for w in held], num_layers=self.num_layers,
                                 bidirectional=self.bidirectional, proj_size=self.proj_size,
-                                **options)
-        cache.entry, cache.seen = (key, net, held), None
-        return net
+                                weights_dtype=weights_dtype, **options)
+        return net, held
 
     def flatten_parameters(self):
         """torch.nn's (cuDNN weight layout on the GPU), and drop the prepared network of the
@@ -635,6 +673,32 @@ class RNN(_RNNBase):
             raise ValueError(
                 f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__("RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
+
+
+def quantize_dynamic(model, weights_dtype="int8", *, inplace=False):
+    """`model` with every torch.nn.LSTM, GRU and RNN in it (the model itself included) replaced
+    by its fastrnn drop-in (`from_torch`), and every fastrnn.torch module running CPU inference
+    on weights stored as `weights_dtype` ("int8" or "bfloat16"; see `set_weights_dtype`): what
+    `torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.GRU}, dtype=torch.qint8)` did,
+    the activations and state in float32 rather than quantized. inplace=False works on a deep
+    copy. Returns the model."""
+    if weights_dtype not in ("int8", "bfloat16"):
+        raise ValueError(f"weights_dtype: expected 'int8' or 'bfloat16', got {weights_dtype!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    torch_rnns = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
+    if isinstance(model, torch_rnns):
+        return from_torch(model).set_weights_dtype(weights_dtype)
+    for name, child in list(model.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, torch_rnns):
+                setattr(child, attr, from_torch(sub))
+    for sub in model.modules():
+        if isinstance(sub, _RNNBase):
+            sub.set_weights_dtype(weights_dtype)
+    return model
 
 
 def from_torch(module):
