@@ -131,6 +131,8 @@ def test_streaming_runners_compute_what_fastrnn_computes(cell, contender):
 
         weights = [torch.from_numpy(w).to(torch.bfloat16).float().numpy() if w.ndim == 2 else w
                    for w in weights]
+    if contender == "prepare_step_int8":  # with the matrices quantized row by row
+        weights = list(fastrnn.prepare(cell, weights, weights_dtype="int8")._flat)
     ours = getattr(fastrnn, f"{cell}_forward")(np.concatenate([xs, xs]), weights).y
     assert theirs.shape == ours.shape == (2 * K, B, H)
     np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)  # float32, O(1) values

@@ -412,7 +412,7 @@ SEQ_THREADS = (1, 2)
 # onnxruntime: an LSTM / GRU node over T=1 with initial_h (, initial_c) in and Y_h (, Y_c) out;
 # numpy_step: the NumPy lines a user would write (_numpy_step).
 STREAM_COLUMNS = {"prepare_step": "prepare.step", "prepare_step_bf16": "bf16 step",
-                  "functional": "*_forward", "fastrnn_torch":
+                  "prepare_step_int8": "int8 step", "functional": "*_forward", "fastrnn_torch":
                   "fastrnn.torch", "torch_nn": "torch.nn", "torch_cell": "torch *Cell",
                   "onnxruntime": "ONNX Runtime", "numpy_step": "NumPy step"}
 # prepared: fastrnn.prepare(...)(x); functional: *_forward(x, weights); onnxruntime: a node
@@ -570,6 +570,7 @@ def _stream_runners(cell, xs, weights, available):
     available: {"torch": module or None, "onnxruntime": module or None}."""
     runners = {"prepare_step": _stream_prepared(cell, xs, weights),
                "prepare_step_bf16": _stream_prepared(cell, xs, weights, "bfloat16"),
+               "prepare_step_int8": _stream_prepared(cell, xs, weights, "int8"),
                "functional": _stream_functional(cell, xs, weights)}
     torch = available.get("torch")
     if torch is not None:
@@ -736,10 +737,12 @@ def _run_stream_rows(names, grid, available, repeats, blas, out):
           f"intra-op; NumPy's BLAS {'too' if blas is not None else 'unlimited: no threadpoolctl'}"
           "); µs per call", file=out)
     header = f"{'row':17}" + "".join(f" {t:>13}" for t in STREAM_COLUMNS.values())
-    header += f" {'step vs best':>12} {'fwd vs NumPy':>12} {'fr.torch vs':>11} {'bf16 time':>10}"
+    header += (f" {'step vs best':>12} {'fwd vs NumPy':>12} {'fr.torch vs':>11} {'bf16 time':>10}"
+               f" {'int8 time':>10}")
     print(header, file=out)
     print(f"{'':17}" + " " * 14 * len(STREAM_COLUMNS)
-          + f" {'(ORT, NumPy)':>12} {'step':>12} {'torch.nn':>11} {'/ float32':>10}", file=out)
+          + f" {'(ORT, NumPy)':>12} {'step':>12} {'torch.nn':>11} {'/ float32':>10}"
+          f" {'/ float32':>10}", file=out)
     rows = []
     context = torch.inference_mode if torch is not None else contextlib.nullcontext
     for name in names:
@@ -767,11 +770,13 @@ def _run_stream_rows(names, grid, available, repeats, blas, out):
         row["speedup_functional_vs_numpy_step"] = _ratio(us["numpy_step"], us["functional"])
         row["speedup_fastrnn_torch_vs_torch_nn"] = _ratio(us["torch_nn"], us["fastrnn_torch"])
         row["bf16_step_over_float32_step"] = _ratio(us["prepare_step_bf16"], us["prepare_step"])
+        row["int8_step_over_float32_step"] = _ratio(us["prepare_step_int8"], us["prepare_step"])
         line = f"{name:17}" + "".join(f" {_fmt(us[k], 13)}" for k in STREAM_COLUMNS)
         line += (f" {_fmt(row['speedup_step_vs_best_of_onnxruntime_numpy'], 12, 2, 'x')}"
                  f" {_fmt(row['speedup_functional_vs_numpy_step'], 12, 2, 'x')}"
                  f" {_fmt(row['speedup_fastrnn_torch_vs_torch_nn'], 11, 2, 'x')}"
-                 f" {_fmt(row['bf16_step_over_float32_step'], 10, 2, 'x')}")
+                 f" {_fmt(row['bf16_step_over_float32_step'], 10, 2, 'x')}"
+                 f" {_fmt(row['int8_step_over_float32_step'], 10, 2, 'x')}")
         print(line, file=out, flush=True)
         rows.append(row)
     return rows
