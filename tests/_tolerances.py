@@ -184,8 +184,10 @@ BF16_WEIGHTS_REL = 1e-2
 INT8_WEIGHTS_REL = 3e-2
 # An int8 network against the float32 network of its dequantized weights q·s (T = 6, 2 layers,
 # H = 19, every cell, 1-16 rows, 1-2 threads): the same values, summed as s·Σ q·a against
-# Σ fl(q·s)·a, float32 rounding apart: measured worst 6.0e-7 norm-wise. 5e-6 keeps 8x headroom;
-# a scale of the wrong row or part moves h by ~1e-2.
+# Σ fl(q·s)·a, float32 rounding apart: measured worst 6.0e-7 norm-wise with the widening kernels
+# (AVX2, AVX-512), 5.1e-7 with AVX-512 VNNI's (a as three 8-bit digits, within 6.1e-8 of max|a|:
+# cpu/panel_gemm_vnni.h; with two digits it was 1e-4). 5e-6 keeps 8x headroom; a scale of the
+# wrong row or part moves h by ~1e-2.
 INT8_SAME_VALUES_REL = 5e-6
 
 

@@ -260,12 +260,22 @@ StepWeights<T> step_weights(const T* w, int64_t ldw, bool trans, int64_t K, int6
 // - bfloat16 (a value's upper 16 bits): a row of 16 columns becomes 8 words, word c = column
 //   c in the low half, column c + 8 in the high half. Exact for weights whose values are
 //   bfloat16 values (the prepared network rounded them).
-// - int8: each panel becomes its header (a scale per column for the k_x rows of W_ih, another
-//   for the K rows of the second part) and its rows of 16 bytes: per column and part, s =
-//   max|v| / 127 and q = round(v / s). Each column holds a whole row of its weight matrix, so
-//   for weights quantized row by row (v = q·s, what the prepared network keeps) this gives back
-//   q and s to within an ulp of s. A panel of k_x + K < 3 rows is left in float32 (its int8
-//   form would not fit in place; the product is tiny).
+// - int8: each panel becomes its header and its rows in the layout of the kernel table
+//   (kernels.h: KernelTable::int8_k_group): per column and part (the k_x rows of W_ih, the K
+//   rows after), s = max|v| / 127 and q = round(v / s). Each column holds a whole row of its
+//   weight matrix, so for weights quantized row by row (v = q·s, what the prepared network
+//   keeps) this gives back q and s to within an ulp of s. A panel whose int8 form would not fit
+//   in place (a few rows deep: int8_fits) is left in float32; the product is tiny.
+template <class T>
+bool int8_fits(const StepWeights<T>& s) {
+  const int64_t depth = s.K + s.k_x;
+  if (depth > kInt8MaxDepth) return false;
+  if (kernels().int8_k_group == 4)
+    return kInt8QuadHeader + kPanelCols * ((s.k_x + 3) / 4 * 4 + (s.K + 3) / 4 * 4) <=
+           int64_t(sizeof(float)) * kPanelCols * depth;
+  return kInt8PanelHeader + kPanelCols * depth <= int64_t(sizeof(float)) * kPanelCols * depth;
+}
+
 template <class T>
 void narrow_panels(StepWeights<T>& s, PackedWeights::Narrow narrow) {
   if constexpr (std::is_same_v<T, float>) {
@@ -284,30 +294,42 @@ void narrow_panels(StepWeights<T>& s, PackedWeights::Narrow narrow) {
       s.narrow = narrow;
       return;
     }
-    if (depth < 3) return;
-    // panel q's int8 form starts at byte q·(header + 16·depth) <= its floats' 64·q·depth, and
-    // ends before panel q + 1's floats: each panel is copied out before it is overwritten
+    if (!int8_fits(s)) return;
+    const bool quads = kernels().int8_k_group == 4;
+    const int64_t header = quads ? kInt8QuadHeader : kInt8PanelHeader;
+    const int64_t kp[2] = {quads ? (s.k_x + 3) / 4 * 4 : s.k_x, quads ? (s.K + 3) / 4 * 4 : s.K};
+    const int64_t panel_bytes = header + kPanelCols * (kp[0] + kp[1]);
+    // panel q's int8 form starts at byte q·panel_bytes <= its floats' 64·q·depth (int8_fits),
+    // and ends before panel q + 1's floats: each panel is copied out before it is overwritten
     std::vector<float> copy(size_t(depth * kPanelCols));
     char* out = reinterpret_cast<char*>(const_cast<float*>(s.panels));
     for (int64_t q = 0; q < n_panels; ++q) {
       std::memcpy(copy.data(), s.panels + q * depth * kPanelCols, copy.size() * sizeof(float));
-      char* panel = out + q * (kInt8PanelHeader + depth * kPanelCols);
+      char* panel = out + q * panel_bytes;
+      std::memset(panel, 0, size_t(panel_bytes));  // the quads' padding rows are 0
       float scales[2][kPanelCols];
-      int8_t* rows = reinterpret_cast<int8_t*>(panel + kInt8PanelHeader);
+      int32_t sums[2][kPanelCols];
+      int8_t* rows = reinterpret_cast<int8_t*>(panel + header);
       for (int64_t c = 0; c < kPanelCols; ++c) {
         for (int part = 0; part < 2; ++part) {
           const int64_t k0 = part ? s.k_x : 0, k1 = part ? depth : s.k_x;
+          int8_t* part_rows = rows + (part ? kPanelCols * kp[0] : 0);
           float m = 0.f;
           for (int64_t k = k0; k < k1; ++k) m = std::max(m, std::fabs(copy[k * kPanelCols + c]));
           const float scale = m / 127.f;
           scales[part][c] = scale;
+          sums[part][c] = 0;
           for (int64_t k = k0; k < k1; ++k) {
             const float v = scale > 0.f ? std::nearbyint(copy[k * kPanelCols + c] / scale) : 0.f;
-            rows[k * kPanelCols + c] = int8_t(std::clamp(v, -127.f, 127.f));
+            const int8_t q = int8_t(std::clamp(v, -127.f, 127.f));
+            const int64_t j = k - k0;  // the row within the part
+            part_rows[quads ? (j / 4) * 4 * kPanelCols + 4 * c + j % 4 : j * kPanelCols + c] = q;
+            sums[part][c] += q;
           }
         }
       }
       std::memcpy(panel, scales, sizeof(scales));
+      if (quads) std::memcpy(panel + sizeof(scales), sums, sizeof(sums));
     }
     s.narrow = narrow;
   }
@@ -512,7 +534,7 @@ void forward_cell(const ForwardParams<T>& p) {
     if (narrow != PackedWeights::Narrow::kNone) {  // every product reads narrow panels
       for (StepWeights<T>* s : {&rec, &rec_n, &in_n, &proj}) {
         if (pack) narrow_panels(*s, narrow);
-        else if (s->panels && (narrow == PackedWeights::Narrow::kBf16 || s->K + s->k_x >= 3))
+        else if (s->panels && (narrow == PackedWeights::Narrow::kBf16 || int8_fits(*s)))
           s->narrow = narrow;  // as narrow_panels left them
       }
     }

@@ -100,8 +100,18 @@ using PanelGemmInt8 = void (*)(int64_t M, int64_t N, PanelA A1, PanelA A2, const
                                float* C, int64_t ldc, bool accumulate);
 constexpr int64_t kPanelCols = 16;  // columns per panel
 constexpr int64_t kPanelRows = 6;   // rows of C per micro-kernel tile (AVX2; AVX-512: 12)
-// Bytes before the rows of an int8 panel: a float scale per column for each of A1 and A2.
+// int8 panels come in two layouts (KernelTable::int8_k_group says which the table reads):
+// - 1, rows: a header of a float scale per column for each of A1 and A2 (2 × 16 floats), then
+//   the panel's rows of 16 bytes, k in order; read by widening each byte to a float.
+// - 4, quads (AVX-512 VNNI): a header of those scales and, per column and part, the sum of its
+//   q (2 × 16 int32), then each part's rows in groups of 4 (the part's depth rounded up to a
+//   multiple of 4 with zero rows), a group being 16 columns × 4 bytes, column c's 4 values
+//   together: what vpdpbusd multiplies with 4 bytes of A.
 constexpr int64_t kInt8PanelHeader = 2 * kPanelCols * 4;
+constexpr int64_t kInt8QuadHeader = 4 * kPanelCols * 4;
+// Products deeper than this stay float32: the quads' int32 sums of 255·127 per term must
+// not overflow.
+constexpr int64_t kInt8MaxDepth = 60000;
 constexpr int kFmaChains = 12;      // independent FMA chains of the peak loop, a round each
 
 // Every cell × dtype, for one instruction set.
@@ -111,6 +121,7 @@ struct KernelTable {
   PanelGemm panel_gemm = nullptr;  // AVX2+FMA and AVX-512 only; null: the engine calls BLAS
   PanelGemmBf16 panel_gemm_bf16 = nullptr;  // with panel_gemm
   PanelGemmInt8 panel_gemm_int8 = nullptr;  // with panel_gemm
+  int int8_k_group = 1;  // the int8 panels' layout: 1 rows, 4 quads (see kInt8QuadHeader)
   // AVX2+FMA and AVX-512 only: `rounds` × kFmaChains FMAs of fma_width floats, nothing else
   // (cpu/fma_peak.h)
   float (*fma_loop)(int64_t rounds, float seed) = nullptr;

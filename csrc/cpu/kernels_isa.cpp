@@ -10,6 +10,7 @@
 #include "fastrnn/problem.h"
 #include "cpu/fma_peak.h"
 #include "cpu/panel_gemm.h"
+#include "cpu/panel_gemm_vnni.h"
 #include "cpu/pointwise.h"
 
 #define FASTRNN_CONCAT2(a, b) a##b
@@ -34,6 +35,13 @@ KernelTable FASTRNN_CONCAT(make_kernel_table_, FASTRNN_ISA)() {
   t.panel_gemm = &isa::panel_gemm<float>;
   t.panel_gemm_bf16 = &isa::panel_gemm<uint16_t>;
   t.panel_gemm_int8 = &isa::panel_gemm<int8_t>;
+#endif
+#if defined(FASTRNN_HAVE_VNNI_GEMM)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512vnni")) {  // int8 products by vpdpbusd, panels in quads
+    t.panel_gemm_int8 = &isa::panel_gemm_int8_vnni;
+    t.int8_k_group = 4;
+  }
 #endif
 #if defined(FASTRNN_HAVE_FMA_PEAK)
   t.fma_loop = &isa::fma_loop;
