@@ -23,10 +23,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastrnn  # noqa: E402
+import fastrnn._torch_vmap  # noqa: E402
 import fastrnn.torch as ft  # noqa: E402
 from _tolerances import (SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,  # noqa: E402
                          assert_within_float32_budget)
-from torch.func import functional_call, grad, jacrev, stack_module_state, vmap  # noqa: E402
+from torch.func import functional_call, grad, jacrev, stack_module_state, vjp, vmap  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"],
@@ -120,7 +121,8 @@ def assert_trees(got, want, **tol):
     assert got.keys() == want.keys()
     for name in want:
         assert got[name].dtype == want[name].dtype, name
-        assert_close(got[name].detach().numpy(), want[name].detach().numpy(), name=name, **tol)
+        assert_close(got[name].detach().cpu().numpy(), want[name].detach().cpu().numpy(), name=name,
+                     **tol)
 
 
 class KernelCalls:
@@ -226,6 +228,27 @@ def test_plain_autograd_through_vmap(cell, proj):
     assert_trees(got, want, **F64)
 
 
+@pytest.mark.parametrize("cell,proj", CELLS, ids=CELL_IDS)
+def test_vjp_under_vmap(cell, proj):
+    """vmap over inputs and cotangents of torch.func.vjp: the vjp of every output with respect
+    to x, the initial state and every parameter, slice by slice."""
+    m = make_module(cell, proj, 2, True, batch_first=True)
+    params = params_of(m)
+    x, hx, _ = inputs(cell, m)
+    cotangents = vmap(lambda x, hx: call(m, params, x, hx))(x, hx)
+    cotangents = torch.utils._pytree.tree_map(torch.randn_like, cotangents)
+
+    def pullback(x, hx, ct):
+        _, vjp_fn = vjp(lambda p, x, hx: call(m, p, x, hx), params, x, hx)
+        return vjp_fn(ct)
+
+    got = vmap(pullback)(x, hx, cotangents)
+    want = stack_results([pullback(x[v], flat_slice(hx, v),
+                                   torch.utils._pytree.tree_map(lambda t: t[v], cotangents))
+                          for v in range(V)])
+    assert_trees(got, want, **F64)
+
+
 def test_jacrev_vmaps_the_cotangents_of_one_forward():
     """jacrev: the forward runs once unbatched, the backward under vmap over cotangents."""
     m = make_module("lstm", P, 2, True)
@@ -287,6 +310,21 @@ def test_in_dims_anywhere(in_dim, batch_first):
     got = vmap(loss, in_dims=(None, in_dim, in_dim, in_dim))(params, moved(x), hx_moved,
                                                            moved(target))
     want = stack_results([loss(params, x[v], flat_slice(hx, v), target[v]) for v in range(V)])
+    assert_trees(got, want, **F64)
+
+
+@pytest.mark.parametrize("cell,proj", CELLS, ids=CELL_IDS)
+def test_only_the_state_batched(cell, proj):
+    """x shared by every slice (in_dims None), the initial state batched: the fold repeats x."""
+    m = make_module(cell, proj, 2, True)
+    params = params_of(m)
+    x, hx, target = inputs(cell, m)
+    got = vmap(lambda x, hx: call(m, params, x, hx), in_dims=(None, 0))(x[0], hx)
+    want = stack_results([call(m, params, x[0], flat_slice(hx, v)) for v in range(V)])
+    assert_trees(got, want, **F64)
+    loss = grad(lambda p, x, hx, t: loss_fn(m, p, x, hx, t), argnums=(0, 2))
+    got = vmap(loss, in_dims=(None, None, 0, 0))(params, x[0], hx, target)
+    want = stack_results([loss(params, x[0], flat_slice(hx, v), target[v]) for v in range(V)])
     assert_trees(got, want, **F64)
 
 
@@ -424,6 +462,26 @@ def test_dropout_randomness_modes():
     assert not torch.equal(got[0][0], got[0][1])  # the masks do differ
 
 
+def test_per_sample_gradients_with_dropout_seed_per_slice():
+    """Training dropout under vmap(grad), a seed per slice (randomness="different" gives the
+    module that): each slice's gradients are its own call's. The seeds differ in their number
+    of digits, so the slices' saved metadata differ in length too."""
+    m = make_module("lstm", 0, 2, True)
+    x = inputs("lstm", m)[0]
+    weights = [w.detach() for w in m._flat_weights]
+    seeds = torch.tensor([[7], [123456789], [42]])
+
+    def loss(x, weights, seed):
+        y = fastrnn._torch_vmap.forward(x, weights, None, None, None, seed, "lstm", 2, True,
+                                        False, 0.5, 0, True)[0]
+        return y.sin().sum()
+
+    g = grad(loss, argnums=(0, 1))
+    got = vmap(g, in_dims=(0, None, 0), randomness="different")(x, weights, seeds)
+    want = stack_results([g(x[v], weights, seeds[v]) for v in range(V)])
+    assert_trees(got, want, **F64)
+
+
 # ----------------------------------------------------------------------------------------------
 # float32
 
@@ -509,3 +567,31 @@ def test_second_derivative_is_a_clear_error():
 
     with pytest.raises(NotImplementedError, match="derivative of a gradient"):
         grad(grad_norm)(params)
+
+
+@PACKED_WARNINGS
+@pytest.mark.skipif(not (torch.cuda.is_available() and fastrnn.backends()["cuda"]["available"]),
+                    reason="no CUDA device (or no CUDA path built)")
+@pytest.mark.parametrize("cell,proj", CELLS, ids=CELL_IDS)
+def test_cuda_forward_and_per_sample_gradients_equal_loop(cell, proj):
+    """The same rules on the CUDA engine (float64): folded forward, per-sample gradients, a
+    PackedSequence inside vmap."""
+    m = make_module(cell, proj, 2, True, batch_first=True).cuda()
+    params = params_of(m)
+    x, hx, target = (torch.utils._pytree.tree_map(lambda t: t.cuda(), a) for a in inputs(cell, m))
+    got = vmap(lambda x, hx: call(m, params, x, hx))(x, hx)
+    assert_trees(got, stack_results([call(m, params, x[v], flat_slice(hx, v)) for v in range(V)]),
+                 **F64)
+    loss = grad(lambda p, x, t: loss_fn(m, p, x, None, t))
+    assert_trees(vmap(loss, in_dims=(None, 0, 0))(params, x, target),
+                 stack_results([loss(params, x[v], target[v]) for v in range(V)]), **F64)
+    lengths = torch.tensor([T, 2])
+
+    def packed_loss(p, x):
+        out, _ = call(m, p, pack_padded_sequence(x, lengths, batch_first=True,
+                                                 enforce_sorted=False))
+        return out.data.sin().sum()
+
+    got = vmap(grad(packed_loss), in_dims=(None, 0))(params, x)
+    assert_trees(got, stack_results([grad(packed_loss)(params, x[v]) for v in range(V)]), **F64)
+

@@ -313,13 +313,14 @@ def pad_packed(data, batch_sizes):
     pad_packed_sequence gives, in the packed (longest first) order."""
     batch_sizes = _plain_batch_sizes(batch_sizes)
     T, B = len(batch_sizes), int(batch_sizes[0])
-    x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, _packed_rows(batch_sizes), data)
+    rows = _packed_rows(batch_sizes).to(data.device)
+    x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data)
     lengths = (batch_sizes.unsqueeze(1) > torch.arange(B)).sum(0)
     return x.view(T, B, -1), lengths
 
 
 def pack_padded(y, batch_sizes):
     """The packed data (N, F) of a padded time-major y (T, B, F): pack_padded_sequence's."""
-    rows = _packed_rows(_plain_batch_sizes(batch_sizes))
+    rows = _packed_rows(_plain_batch_sizes(batch_sizes)).to(y.device)
     return y.reshape(-1, y.shape[-1]).index_select(0, rows)
 
