@@ -569,6 +569,15 @@ def test_second_derivative_is_a_clear_error():
         grad(grad_norm)(params)
 
 
+# torch's forward AD loads its decompositions through torch.jit.script on first use, which warns
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_forward_mode_is_a_clear_error():
+    m = make_module("lstm")
+    x = inputs("lstm", m)[0][0]
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jacfwd(lambda x: m(x)[0])(x)
+
+
 @PACKED_WARNINGS
 @pytest.mark.skipif(not (torch.cuda.is_available() and fastrnn.backends()["cuda"]["available"]),
                     reason="no CUDA device (or no CUDA path built)")

@@ -40,15 +40,19 @@ The rule follows from that:
 - Plain autograd (tensors with requires_grad at the bottom, no torch.func grad) also loops:
   such a call cannot tell `vmap(f)(x).sum().backward()` from `vmap(grad(f))` with
   parameters that were not detached, and the loop is right for both.
-- Should a folded state still meet the backward rule (a grad transform on both sides of the
-  vmap, `grad(vmap(grad(f)))`), it is marked (meta batched, saved arrays not) and the rule
-  computes slice v's gradients from the folded state with the cotangents of every other
-  slice set to zero: exact (those rows contribute exact zeros), V backward calls on V*B rows.
+- A folded state that keeps its saved arrays is marked (meta batched, saved arrays not). For
+  the backward rule to meet one, a grad would have to sit on both sides of the vmap
+  (`grad(vmap(grad(f)))`), a derivative of a gradient, which Function.backward refuses
+  first; the rule raises rather than give summed weight gradients as per-slice ones.
 - A backward whose forward was not vmapped (vmap over cotangents only: `jacrev`, or `vjp`
   then vmap) runs once per slice on the one shared state.
 
 Cost in kernel calls, V slices: inference 1 forward; `vmap(grad(f))` V forward + V backward
 (what a Python loop costs, without its Python overhead); `grad(vmap(f))` 1 + 1.
+
+Not supported, each a NotImplementedError that says so: derivatives of gradients under
+torch.func (grad of grad, hessian: the backward kernels are not differentiable there) and
+forward mode (jvp, jacfwd: the kernels have a reverse-mode backward only; jacrev works).
 """
 
 import contextlib
@@ -255,6 +259,13 @@ class Function(torch.autograd.Function):
         with torch.no_grad():
             dx, dweights, dh0, dc0, *_ = _fr._backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved)
         return (None, dx, dh0, dc0, None, None, *(dweights or [None] * ctx.n_weights))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            "fastrnn.torch: forward-mode AD (torch.func.jvp, jacfwd, hessian) is not supported; "
+            "the kernels have a reverse-mode backward only (torch.func.jacrev, vjp and grad "
+            "work)")
 
     @staticmethod
     def vmap(info, in_dims, options, x, h0, c0, lengths, seed, *weights):
