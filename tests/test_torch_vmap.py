@@ -219,7 +219,8 @@ def test_plain_autograd_through_vmap(cell, proj):
     m = make_module(cell, proj, 2, True)
     x, hx, target = inputs(cell, m)
     xg = x.clone().requires_grad_()
-    vmap(lambda x, t: loss_fn(m, dict(m.named_parameters()), x, None, t))(xg, target).sum().backward()
+    per_slice = vmap(lambda x, t: loss_fn(m, dict(m.named_parameters()), x, None, t))
+    per_slice(xg, target).sum().backward()
     got = {"dx": xg.grad, **{k: p.grad for k, p in m.named_parameters()}}
     m.zero_grad()
     xr = x.clone().requires_grad_()

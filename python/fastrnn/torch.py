@@ -55,6 +55,10 @@ How it is built
 - `set_weights_dtype("bfloat16" | "int8")` (and `quantize_dynamic`, which swaps the drop-ins
   into a model) makes that path run on a narrow copy of the weights (`fastrnn.prepare`'s
   weights_dtype), prepared on the first call; calls the path cannot take then raise.
+- torch.func (vmap, grad, vjp, jacrev, per-sample gradients, ensembles) goes through
+  `_torch_vmap`: an autograd.Function that torch.func accepts (it refuses register_autograd's)
+  and `register_vmap` batching rules for both ops; vmapped inference is one kernel call on the
+  slices folded into the batch, a gradient inside vmap one forward and one backward per slice.
 - Dropout (training mode, between layers) draws its seed from torch's generator, so
   `torch.manual_seed` makes runs reproducible; the masks are fastrnn's, not torch's, so the
   same seed does not give torch.nn's masks.
