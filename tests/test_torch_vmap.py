@@ -558,6 +558,16 @@ def test_prepared_network_not_taken_under_vmap(monkeypatch):
     assert_trees({"y": y}, {"y": torch.stack([m(x[v])[0].detach() for v in range(V)])}, **F64)
 
 
+def test_functionalize_alone_keeps_the_op():
+    """torch.func.functionalize handles the custom op itself (it has no rule for the
+    autograd.Function that vmap and grad go through)."""
+    m = make_module("gru", 0, 2, True)
+    x = inputs("gru", m)[0][0]
+    with torch.no_grad():
+        got = torch.func.functionalize(lambda x: m(x))(x)
+        assert_trees(got, m(x), **F64)
+
+
 def test_second_derivative_is_a_clear_error():
     m = make_module("gru")
     params = params_of(m)

@@ -62,20 +62,11 @@ import torch
 from . import torch as _fr
 
 _forward_op = _fr._forward_op
-_nothing = contextlib.nullcontext
 _backward_op = _fr._backward_op
 
 # ----------------------------------------------------------------------------------------------
-# Moving the vmapped dimension in and out of the batch (the shape legend of docs/design.md)
-
-
-def _batch_dim(name, batch_first):
-    """Where B is in the logical (per-slice) shape of each op argument or result."""
-    if name in ("x", "y", "dy", "dx"):
-        return 0 if batch_first else 1
-    if name in ("h", "c"):
-        return 1  # (L*D, B, H)
-    return 0  # lengths (B,)
+# Moving the vmapped dimension in and out of the batch (shapes as in docs/design.md: x and y
+# (T, B, .) or batch_first (B, T, .); h0, c0, h_n, c_n (L*D, B, .); lengths (B,))
 
 
 def _fold(t, vdim, bdim, V):
@@ -146,7 +137,7 @@ def _vmap_forward(call, V, in_dims, x, weights, h0, c0, lengths, seed, options):
     fold = (all(d is None for d in w_d) and dropout == 0 and seed_d is None
             and not _needs_per_slice_state(keep_saved, (x, h0, c0, *weights)))
     if fold:
-        bx = _batch_dim("x", batch_first)
+        bx = 0 if batch_first else 1  # B in x and y; in h0, c0, h_n, c_n (L*D, B, H) it is 1
         y, h_n, c_n, meta, saved = call(
             _fold(x, x_d, bx, V), list(weights), _fold(h0, h0_d, 1, V), _fold(c0, c0_d, 1, V),
             _fold(lengths, len_d, 0, V), seed, *options)
@@ -190,7 +181,7 @@ def _forward_rule(info, in_dims, x, weights, h0, c0, lengths, seed, *options):
             "fastrnn::rnn_forward under torch.func.vmap with tensors that require grad: "
             "autograd cannot record the raw op under torch.func; call "
             "fastrnn._torch_vmap.forward (same arguments and results), as the modules do")
-    with torch.no_grad() if not keep_saved else _nothing():
+    with torch.no_grad() if not keep_saved else contextlib.nullcontext():
         return _vmap_forward(_forward_op, info.batch_size, in_dims[:6], x, weights, h0, c0,
                              lengths, seed, options)
 
@@ -256,8 +247,14 @@ class Function(torch.autograd.Function):
                 "kernels are not differentiable under torch.func transforms")
         # The backward op's own autograd kernel is torch.library's, which torch.func refuses
         # (see the module docstring): it runs without recording, hence the check above.
-        with torch.no_grad():
-            dx, dweights, dh0, dc0, *_ = _fr._backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved)
+        # torch.py's _backward reads needs_input_grad, if at all, in the op's argument order
+        mine = ctx.needs_input_grad
+        ctx.needs_input_grad = (mine[1], any(mine[6:]), *mine[2:6]) + (False,) * 7
+        try:
+            with torch.no_grad():
+                dx, dweights, dh0, dc0, *_ = _fr._backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved)
+        finally:
+            ctx.needs_input_grad = mine
         return (None, dx, dh0, dc0, None, None, *(dweights or [None] * ctx.n_weights))
 
     @staticmethod

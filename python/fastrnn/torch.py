@@ -384,10 +384,15 @@ _PREPARE = {"LSTM": ("lstm", {}), "GRU": ("gru", {}),
 
 
 def _under_torch_func():
-    """Whether a torch.func transform (vmap, grad, vjp, jacrev, ...) is active; never under
-    Dynamo (where is_compiling is the constant True and the rest is not traced)."""
-    return (not torch.compiler.is_compiling()
-            and torch._C._functorch.peek_interpreter_stack() is not None)
+    """Whether a torch.func transform that needs _torch_vmap.Function is active: vmap, grad,
+    vjp, jacrev, jvp (functionalize alone handles the op itself); never under Dynamo (where
+    is_compiling is the constant True and the rest is not traced)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    return any(ci.key() != _FUNCTIONALIZE for ci in torch._C._functorch.get_interpreter_stack())
+
+
+_FUNCTIONALIZE = torch._C._functorch.TransformType.Functionalize
 
 
 def _eager_cpu_inference(tensors):
