@@ -6,14 +6,16 @@ Python loop over the vmapped dimension (fastrnn/_torch_vmap.py holds the rules).
   RNN tanh/relu) × {1 layer, 2 layers bidirectional} × batch_first × initial state or none;
 - per-sample gradients (the DP-SGD recipe, `vmap(grad(loss), in_dims=(None, 0, 0))`) of every
   parameter and of x and the initial state, over the same product; `grad(vmap(...))`; plain
-  autograd through vmap; `jacrev`;
+  autograd through vmap; `vjp` under vmap; `jacrev`;
 - batched weights (torch.func.stack_module_state ensembles), forward and gradients;
 - in_dims 0/1/-1, out_dims, a vmapped size of 1, vmap nested twice, lengths (PackedSequence
   inside vmap, and the raw op with batched and unbatched lengths), dropout's randomness modes;
 - float32 within the float32 budget of tests/_tolerances.py (its "naive" is the loop);
 - kernel calls: one forward for vmapped inference (the fold), V + V for per-sample gradients;
-- the prepared-network path of eager CPU inference is never taken under vmap; a derivative of
-  a gradient under torch.func is a NotImplementedError that says so.
+- the prepared-network path of eager CPU inference is never taken under vmap; functionalize
+  alone still sees the op; a derivative of a gradient and forward mode under torch.func are
+  NotImplementedErrors that say so;
+- on a GPU, the same rules on the CUDA engine (skipped without one).
 """
 
 import copy
