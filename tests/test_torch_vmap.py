@@ -201,6 +201,20 @@ def test_per_sample_gradients_equal_loop(cell, proj, L, bidirectional, batch_fir
 
 
 @pytest.mark.parametrize("cell,proj", CELLS, ids=CELL_IDS)
+def test_without_bias(cell, proj):
+    """bias=False: fewer weights per layer and direction, the same rules."""
+    m = make_module(cell, proj, 2, True, bias=False)
+    params = params_of(m)
+    x, hx, target = inputs(cell, m)
+    got = vmap(lambda x, hx: call(m, params, x, hx))(x, hx)
+    assert_trees(got, stack_results([call(m, params, x[v], flat_slice(hx, v)) for v in range(V)]),
+                 **F64)
+    loss = grad(lambda p, x, t: loss_fn(m, p, x, None, t))
+    assert_trees(vmap(loss, in_dims=(None, 0, 0))(params, x, target),
+                 stack_results([loss(params, x[v], target[v]) for v in range(V)]), **F64)
+
+
+@pytest.mark.parametrize("cell,proj", CELLS, ids=CELL_IDS)
 def test_grad_of_vmap_is_the_sum_over_slices(cell, proj):
     m = make_module(cell, proj, 2, True)
     params = params_of(m)

@@ -53,6 +53,9 @@ Cost in kernel calls, V slices: inference 1 forward; `vmap(grad(f))` V forward +
 Not supported, each a NotImplementedError that says so: derivatives of gradients under
 torch.func (grad of grad, hessian: the backward kernels are not differentiable there) and
 forward mode (jvp, jacfwd: the kernels have a reverse-mode backward only; jacrev works).
+Under torch.compile the modules keep the op (Dynamo traces it, not Function): compiled vmap
+inference runs the op's rule, but torch.func.grad inside a compiled function fails as it did
+before, on the op's register_autograd.
 """
 
 import contextlib
