@@ -55,6 +55,10 @@ How it is built
 - `set_weights_dtype("bfloat16" | "int8")` (and `quantize_dynamic`, which swaps the drop-ins
   into a model) makes that path run on a narrow copy of the weights (`fastrnn.prepare`'s
   weights_dtype), prepared on the first call; calls the path cannot take then raise.
+- torch.func (vmap, grad, vjp, jacrev, per-sample gradients, ensembles) goes through
+  `_torch_vmap`: an autograd.Function that torch.func accepts (it refuses register_autograd's)
+  and `register_vmap` batching rules for both ops; vmapped inference is one kernel call on the
+  slices folded into the batch, a gradient inside vmap one forward and one backward per slice.
 - Dropout (training mode, between layers) draws its seed from torch's generator, so
   `torch.manual_seed` makes runs reproducible; the masks are fastrnn's, not torch's, so the
   same seed does not give torch.nn's masks.
@@ -379,6 +383,18 @@ _PREPARE = {"LSTM": ("lstm", {}), "GRU": ("gru", {}),
             "RNN_RELU": ("rnn", {"nonlinearity": "relu"})}
 
 
+def _under_torch_func():
+    """Whether a torch.func transform that needs _torch_vmap.Function is active: vmap, grad,
+    vjp, jacrev, jvp (functionalize alone handles the op itself); never under Dynamo (where
+    is_compiling is the constant True and the rest is not traced)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    return any(ci.key() != _FUNCTIONALIZE for ci in torch._C._functorch.get_interpreter_stack())
+
+
+_FUNCTIONALIZE = torch._C._functorch.TransformType.Functionalize
+
+
 def _eager_cpu_inference(tensors):
     """Whether a forward may skip the custom op and run the module's prepared network: nothing
     needs a gradient, nothing records or transforms the call (torch.compile, torch.jit.trace,
@@ -487,8 +503,12 @@ class _RNNBase(torch.nn.RNNBase):
                 hx = self.permute_hidden(hx, sorted_indices)
             else:
                 self.check_input(data, batch_sizes)
-            # padded T,B,I in the packed (longest first) order; lengths (B,)
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            # padded T,B,I in the packed (longest first) order; lengths (B,). torch's
+            # pad/pack ops cannot run under torch.func.grad: _torch_vmap's index ops can
+            if _under_torch_func():
+                x, lengths = _torch_vmap.pad_packed(data, batch_sizes)
+            else:
+                x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
@@ -529,13 +549,15 @@ class _RNNBase(torch.nn.RNNBase):
             seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64) if dropout > 0 else None
             keep_saved = torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, h0, c0, *weights))
-            y, h_n, c_n, _, _ = _forward_op(x, list(weights), h0, c0, lengths, seed,
-                                            _CELL_OF_MODE[self.mode], self.num_layers,
-                                            self.bidirectional, batch_first, dropout,
-                                            self.proj_size, keep_saved)
+            # under torch.func (vmap, grad, ...) the op goes through _torch_vmap.Function
+            op = _torch_vmap.forward if _under_torch_func() else _forward_op
+            y, h_n, c_n, _, _ = op(x, list(weights), h0, c0, lengths, seed,
+                                   _CELL_OF_MODE[self.mode], self.num_layers, self.bidirectional,
+                                   batch_first, dropout, self.proj_size, keep_saved)
         hidden = (h_n, c_n) if has_c else h_n
         if packed:
-            out = pack_padded_sequence(y, lengths).data
+            out = (_torch_vmap.pack_padded(y, batch_sizes) if _under_torch_func()
+                   else pack_padded_sequence(y, lengths).data)
             return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
         if not is_batched:
@@ -725,3 +747,6 @@ def from_torch(module):
         setattr(new, name, getattr(module, name))
     new._init_flat_weights()
     return new.train(module.training)
+
+
+from . import _torch_vmap  # noqa: E402  torch.func: vmap rules and the Function grad needs
