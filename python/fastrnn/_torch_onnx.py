@@ -47,7 +47,7 @@ from .convert import _onnx_gate_order
 
 try:  # the flag torch.onnx.export(dynamo=True) sets while it captures the model (private)
     from torch.onnx._internal.exporter import _flags as _exporter_flags
-except ImportError:  # pragma: no cover - moved: the public function still sees strict=False
+except ImportError:  # pragma: no cover - moved: exporting() falls back to the public function
     _exporter_flags = None
 
 
@@ -57,10 +57,14 @@ def exporting():
     second capture strategy (torch.export strict=True, tried when strict=False fails) runs
     under; the flag it reads is read here directly, so both strategies take the ONNX branch and
     an error of ours is not replaced by a later 'No ONNX function found for
-    fastrnn::rnn_forward'. The public function adds the TorchScript exporter (dynamo=False)."""
-    if _exporter_flags is not None and _exporter_flags._is_onnx_exporting:
+    fastrnn::rnn_forward'. The public function adds the TorchScript exporter (dynamo=False),
+    which traces with torch.jit: asked only then, as it costs 3 us (a training step's forward
+    asks this too)."""
+    if _exporter_flags is None:  # a torch that moved the flag: the public function alone
+        return torch.onnx.is_in_onnx_export()
+    if _exporter_flags._is_onnx_exporting:
         return True
-    return torch.onnx.is_in_onnx_export()
+    return torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()
 
 
 _OP = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
