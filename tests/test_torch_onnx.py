@@ -20,6 +20,12 @@ import os
 import numpy as np
 import pytest
 
+# torch.export and the exporter throw and catch C++ exceptions inside torch, which a process under
+# AddressSanitizer's runtime (.ci/sanitize) cannot survive: skipped there before anything loads
+if "libasan" in os.environ.get("LD_PRELOAD", ""):
+    pytest.skip("torch.export throws C++ exceptions, fatal under the ASan runtime",
+                allow_module_level=True)
+
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx (the test extra)")
 ort = pytest.importorskip("onnxruntime",
@@ -35,10 +41,6 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 pytestmark = [
     pytest.mark.skipif(not fastrnn.backends()["cpu"]["available"],
                        reason="compiled CPU engine not built"),
-    # torch.export and the exporter throw and catch C++ exceptions inside torch, which a process
-    # under AddressSanitizer's runtime (.ci/sanitize) cannot survive
-    pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
-                       reason="torch.export throws C++ exceptions, fatal under the ASan runtime"),
     # torch 2.13's own deprecation, raised inside the exporter (torch.utils._pytree), not ours
     pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated"
                                r":FutureWarning"),
