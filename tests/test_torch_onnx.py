@@ -11,7 +11,8 @@
 - bias=False, unbatched (2-D) input, weights too large for the exporter's constant folding, and
   a module inside a model (Embedding -> LSTM -> Linear);
 - what does not export raises a clear NotImplementedError: proj_size, dropout in training
-  mode, PackedSequence input, the TorchScript exporter (dynamo=False).
+  mode, PackedSequence input, the TorchScript exporter (dynamo=False); narrow weights
+  (set_weights_dtype) their own RuntimeError.
 """
 
 import copy
@@ -320,6 +321,20 @@ def test_packed_sequence_does_not_export():
     msg = _export_error(_Packed().eval(), (torch.randn(*EXPORT_TB, I), torch.tensor([6, 2, 4])),
                         dynamo=True)
     assert "PackedSequence" in msg and "padded tensor" in msg
+
+
+def test_narrow_weights_do_not_export():
+    """set_weights_dtype's modules run only the prepared network; export says so, not with a
+    float32 graph that would silently differ from what the module computes."""
+    net = ft.LSTM(I, H).eval().set_weights_dtype("int8")
+    with pytest.raises(Exception) as info:
+        torch.onnx.export(_Single(net).eval(), (torch.randn(*EXPORT_TB, I),), dynamo=True)
+    causes, e = [], info.value
+    while e is not None:
+        causes.append(e)
+        e = e.__cause__
+    assert any(isinstance(e, RuntimeError) and "set_weights_dtype(None)" in str(e)
+               for e in causes), [f"{type(e).__name__}: {e}" for e in causes]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's: the whole legacy exporter
