@@ -18,7 +18,6 @@
 import copy
 import os
 
-import numpy as np
 import pytest
 
 # torch.export and the exporter throw and catch C++ exceptions inside torch, which a process under
