@@ -251,6 +251,13 @@ def from_onnx(cell, W, R, B=None, *, P=None):
     return weights
 
 
+def _onnx_gate_order(cell):
+    """The canonical gate block at each position of ONNX's order (ONNX block k is canonical
+    block order[k]): to_onnx's reordering, and fastrnn.torch's ONNX export's
+    (python/fastrnn/_torch_onnx.py, which applies it to tensors while torch.export traces)."""
+    return _unperm(_ONNX_PERM[cell])
+
+
 def to_onnx(cell, weights, *, bidirectional=False):
     """(W, R, B) for an ONNX LSTM / GRU / RNN operator from canonical weights of one layer
     (two directions with bidirectional=True, for direction="bidirectional"); the inverse of
@@ -260,7 +267,7 @@ def to_onnx(cell, weights, *, bidirectional=False):
     cell, G = _cell(cell)
     D = 2 if _bool(bidirectional, "bidirectional") else 1
     dirs, H, _, dtype = _canonical(weights, G, D)
-    back = _unperm(_ONNX_PERM[cell])
+    back = _onnx_gate_order(cell)
     W = np.stack([_blocks(w_ih, G, back) for w_ih, _, _, _ in dirs])
     R = np.stack([_blocks(w_hh, G, back) for _, w_hh, _, _ in dirs])
     if dirs[0][2] is None:

@@ -59,6 +59,8 @@ How it is built
   `_torch_vmap`: an autograd.Function that torch.func accepts (it refuses register_autograd's)
   and `register_vmap` batching rules for both ops; vmapped inference is one kernel call on the
   slices folded into the batch, a gradient inside vmap one forward and one backward per slice.
+- `torch.onnx.export(..., dynamo=True)` writes the modules as standard ONNX LSTM/GRU/RNN nodes
+  with dynamic batch and length, not the custom op (python/fastrnn/_torch_onnx.py).
 - Dropout (training mode, between layers) draws its seed from torch's generator, so
   `torch.manual_seed` makes runs reproducible; the masks are fastrnn's, not torch's, so the
   same seed does not give torch.nn's masks.
@@ -74,7 +76,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _api, _backends, _prepared
+from . import _api, _backends, _prepared, _torch_onnx
 
 __all__ = ["LSTM", "GRU", "RNN", "from_torch", "quantize_dynamic"]
 
@@ -485,17 +487,19 @@ class _RNNBase(torch.nn.RNNBase):
     """torch.nn.RNNBase with a forward that runs fastrnn (see the module docstring)."""
 
     def forward(self, input, hx=None):
-        self._update_flat_weights()
+        weights = self._update_flat_weights()
         has_c = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
         _check_supported(input.data if packed else input, "input")
-        for name, w in zip(self._flat_weights_names, self._flat_weights):
+        for name, w in zip(self._flat_weights_names, weights):
             _check_supported(w, name)
         if hx is not None:
             for k, h in enumerate(hx if has_c else (hx,)):
                 _check_supported(h, f"hx[{k}]" if has_c else "hx")
 
         if packed:
+            if _torch_onnx.exporting():  # before unpacking: a clear error (_torch_onnx)
+                _torch_onnx.refuse_packed(self)
             data, batch_sizes, sorted_indices, unsorted_indices = input
             lengths, batch_first, is_batched = None, False, True
             if hx is not None:
@@ -530,11 +534,11 @@ class _RNNBase(torch.nn.RNNBase):
             self._check_tensor_args(x, hx)
 
         h0, c0 = (hx if has_c else (hx, None)) if hx is not None else (None, None)
-        weights = self._flat_weights
         dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
         net = None
         weights_dtype = self.__dict__.get("weights_dtype")
-        if dropout == 0 and _eager_cpu_inference((x, h0, c0, *weights)):
+        eager = dropout == 0 and _eager_cpu_inference((x, h0, c0, *weights))
+        if eager:
             net = self._prepared_network(weights, weights_dtype)
         if net is None and weights_dtype is not None:
             raise RuntimeError(
@@ -544,6 +548,10 @@ class _RNNBase(torch.nn.RNNBase):
                 f"and torch.func transforms; set_weights_dtype(None) to train or run there")
         if net is not None:
             y, h_n, c_n = _run_prepared(net, x, h0, c0, lengths, batch_first)
+        elif not eager and _torch_onnx.exporting():
+            # standard ONNX nodes (_torch_onnx); asked only off the eager path, where every
+            # exporter's trace runs
+            y, h_n, c_n = _torch_onnx.forward(self, x, weights, h0, c0, batch_first)
         else:
             # the masks' seed comes from torch's generator: torch.manual_seed reproduces them
             seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64) if dropout > 0 else None
@@ -568,15 +576,23 @@ class _RNNBase(torch.nn.RNNBase):
     def _update_flat_weights(self):
         """torch.nn's: `_flat_weights` follows a weight swapped into `_parameters` (as
         torch.func.functional_call does). The same test, reading `_parameters` directly rather
-        than through Module.__getattr__ (2 us a call, not 7); torch's own for anything else."""
+        than through Module.__getattr__ (2 us a call, not 7); torch's own for anything else.
+        Returns the weights to run with: `_flat_weights`, except while torch.onnx.export
+        captures the model, where torch.export's own tensors (swapped in) are returned and
+        nothing is stored (it warns about a tensor attribute assigned during export, and
+        restores the module's attributes afterwards anyway)."""
         params = self._parameters
         for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
             w = params.get(name)
             if w is None:  # not a parameter now
-                return super()._update_flat_weights()
+                super()._update_flat_weights()
+                break
             if ref is not None and ref() is not w:
-                return self._init_flat_weights()
-        return None
+                if _torch_onnx.exporting():
+                    return [getattr(self, n) for n in self._flat_weights_names]
+                self._init_flat_weights()
+                break
+        return self._flat_weights
 
     def _check_tensor_args(self, x, hx):
         """torch.nn's check_forward_args (check_input without hx) for a 3-D tensor input, its
