@@ -585,3 +585,32 @@ def test_dropout_masks_are_reproducible_and_scaled():
         assert abs(kept.mean() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)
         np.testing.assert_allclose(mask[kept], 1 / (1 - p))
         assert abs(mask.mean() - 1.0) < 5 * np.sqrt(p / (1 - p) / n)  # expectation preserved
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backward_leaves_the_floating_point_mode_as_it_found_it(threads, restore_threads):
+    """Backward flushes subnormals on its threads (engine.cpp, FlushSubnormals: a gradient that
+    vanishes along the sequence would otherwise cost a microcode assist per FMA on Intel
+    CPUs) and restores the mode after: NumPy's subnormal arithmetic in the calling thread is
+    unchanged, and a backward whose gradients reach the subnormal range still matches the
+    float64 reference norm-wise within float32's rounding (flushing moves values near 1e-38)."""
+    fastrnn.set_num_threads(threads)
+    tiny = np.float32(1e-39)  # subnormal
+    assert tiny * np.float32(1) == tiny
+    rng = np.random.default_rng(3)
+    T, B, I, H = 300, 2, 3, 4
+    w = [rng.uniform(-0.05, 0.05, s) for s in [(4 * H, I), (4 * H, H), (4 * H,), (4 * H,)]]
+    x = rng.standard_normal((T, B, I))
+    results = {}
+    for backend, dtype in (("cpu", np.float32), ("reference", np.float64)):
+        fwd = fastrnn.lstm_forward(x.astype(dtype), [a.astype(dtype) for a in w],
+                                   training=True, backend=backend)
+        dy = np.zeros_like(fwd.y)
+        dy[-1] = 1.0  # only the last step: the gradient decays by ~0.5 a step back
+        g = fastrnn.lstm_backward(fwd.saved, dy)
+        results[backend] = [g.dx, *g.dweights]
+    got, want = results["cpu"], results["reference"]
+    assert np.abs(want[0][:50]).max() < 1e-38  # the gradient of early steps is subnormal
+    for a, b in zip(got, want):  # norm-wise: float32 rounding, not the flushed values
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+    assert tiny * np.float32(1) == tiny and np.float64(5e-324) * 1.0 == np.float64(5e-324)

@@ -19,6 +19,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -638,6 +641,24 @@ void forward_cell(const ForwardParams<T>& p) {
 // its units' columns of dh_{t-1} = dL/d(pre-activations)·W_hh (a column slice of W_hh, read
 // in place). After the loop the deferred GEMMs are split across the threads by rows.
 // ---------------------------------------------------------------------------------------
+// While alive, this thread's floating-point unit flushes subnormal results to zero and reads
+// subnormal operands as zero (MXCSR FTZ and DAZ, x86-64 SSE/AVX), as XLA's CPU threads do; the
+// previous mode comes back after. Backward runs under it: a gradient that vanishes along a
+// long sequence (IMDB's classifier reads only the last step) becomes subnormal, and on Intel
+// CPUs every FMA with a subnormal operand takes a microcode assist of ~100 cycles (measured,
+// LSTM T=300 B=100 H=32, dy only at the end: backward 256-339 ms, and 18-24 ms with gradients
+// that stay normal). What it changes: gradients below 1.2e-38 (float32) become 0.
+class FlushSubnormals {
+ public:
+#if defined(__SSE__) || defined(__x86_64__)
+  FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
+  ~FlushSubnormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
+
 template <class Cell, class T>
 void backward_cell(const BackwardParams<T>& p) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
@@ -696,6 +717,7 @@ void backward_cell(const BackwardParams<T>& p) {
   // at a barrier): everything is allocated and checked before it.
 
   pool.run(max_threads, [&](int tid, int nt) {
+    const FlushSubnormals flush;
     int64_t j0, j1, p0 = 0, p1 = 0;
     split(H, tid, nt, 8, j0, j1);
     if (projected) split(P, tid, nt, 8, p0, p1);
