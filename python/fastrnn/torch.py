@@ -337,27 +337,73 @@ def _(meta, saved, dy, dh_n, dc_n, cell, num_layers, bidirectional, batch_first,
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, h0, c0, _, _, cell, L, bidirectional, batch_first, _, P, _ = inputs
+    x, weights, h0, c0, lengths, seed, cell, L, bidirectional, batch_first, dropout, P, _ = inputs
     _, _, _, meta, saved = output
     D = 2 if bidirectional else 1
     ctx.options = (cell, L, bidirectional, batch_first, x.shape[-1],
                    weights[0].shape[0] // _CELLS[cell][0], _has_bias(weights, L, D, P), P)
     ctx.y_shape, ctx.dtype, ctx.device = output[0].shape, x.dtype, x.device
     ctx.has_state = (h0 is not None, c0 is not None)
-    ctx.save_for_backward(meta, *saved)
+    ctx.composite_options = (cell, L, bidirectional, batch_first, dropout, P)
+    # The op's own inputs too, for a backward that must itself be differentiable (see
+    # _backward): references, not copies. Saved as torch.nn saves them, so changing one in
+    # place before backward is torch's error; inference tensors, which torch refuses to save
+    # and which cannot need a gradient, are kept as they are.
+    ins = (x, *weights, h0, c0, lengths, seed)
+    ctx.n_saved, ctx.n_weights = len(saved), len(weights)
+    ctx.inference = {k: t for k, t in enumerate(ins) if t is not None and t.is_inference()}
+    ctx.save_for_backward(meta, *saved,
+                          *[None if k in ctx.inference else t for k, t in enumerate(ins)])
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved):
-    meta, *saved = ctx.saved_tensors
+    tensors = ctx.saved_tensors
+    meta, saved = tensors[0], tensors[1:1 + ctx.n_saved]
+    ins = [ctx.inference.get(k, t) for k, t in enumerate(tensors[1 + ctx.n_saved:])]
+    cell = ctx.options[0]
+    has_h0, has_c0 = ctx.has_state
+    rest = (None,) * 9  # lengths, seed and the static options
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (*ins, dy, dh_n, dc_n)):
+        # create_graph=True: the gradients must be differentiable in the inputs and in dy,
+        # dh_n, dc_n. The fused kernels are not, so differentiate the same forward written in
+        # torch ops (_torch_composite) from the saved inputs; the first backward of an ordinary
+        # training step (grad mode off) never comes here.
+        dx, dweights, dh0, dc0 = _composite_backward(ctx, ins, dy, dh_n, dc_n)
+        return dx, dweights, dh0 if has_h0 else None, dc0 if has_c0 else None, *rest
     if dy is None:  # only h_n / c_n were used
         dy = torch.zeros(ctx.y_shape, dtype=ctx.dtype, device=ctx.device)
-    cell = ctx.options[0]
     dx, dh0, dc0, dweights = _backward_op(meta, saved, dy, dh_n, dc_n if cell == "lstm" else None,
                                           *ctx.options)
-    has_h0, has_c0 = ctx.has_state
-    return (dx, list(dweights), dh0 if has_h0 else None, dc0 if has_c0 else None,
-            None, None, None, None, None, None, None, None, None)
+    return dx, list(dweights), dh0 if has_h0 else None, dc0 if has_c0 else None, *rest
+
+
+def _composite_backward(ctx, ins, dy, dh_n, dc_n):
+    """(dx, dweights, dh0, dc0) as a differentiable graph: the vector-Jacobian product of
+    _torch_composite.forward at the saved inputs, with create_graph=True. A None is a zero
+    gradient (an input that needs none, or one the outputs do not depend on)."""
+    from . import _torch_composite  # imported on first use: ordinary backward never needs it
+
+    nw = ctx.n_weights
+    # an inference tensor cannot enter a recorded op; a copy made here is an ordinary constant
+    ins = [t.clone() if t is not None and t.is_inference() else t for t in ins]
+    x, weights, (h0, c0, lengths, seed) = ins[0], ins[1:1 + nw], ins[1 + nw:]
+    with torch.enable_grad():
+        outs = _torch_composite.forward(x, weights, h0, c0, lengths, seed,
+                                        *ctx.composite_options)
+    pairs = [(o, g) for o, g in zip(outs, (dy, dh_n, dc_n)) if o is not None and g is not None]
+    wrt = [(k, t) for k, t in enumerate((x, *weights, h0, c0))
+           if t is not None and t.requires_grad]
+    grads = [None] * (nw + 3)
+    if pairs and wrt:
+        got = torch.autograd.grad([o for o, _ in pairs], [t for _, t in wrt],
+                                  [g for _, g in pairs], create_graph=True, allow_unused=True)
+        for (k, _), g in zip(wrt, got):
+            grads[k] = g
+    dweights = [g if g is not None else torch.zeros_like(w)
+                for g, w in zip(grads[1:1 + nw], weights)]
+    return grads[0], dweights, grads[1 + nw], grads[2 + nw]
 
 
 torch.library.register_autograd("fastrnn::rnn_forward", _backward, setup_context=_setup_context)
