@@ -34,6 +34,15 @@ How it is built
   arrays (carried 1-D), and `_api._saved_from_arrays` rebuilds it; nothing is recomputed. Their
   sizes depend on the engine, so the fake implementation gives them data-dependent sizes; their
   number and dtypes it learns once per configuration from a forward on a tiny problem.
+- Double backward (`create_graph=True`, gradgradcheck): the fused backward is not itself
+  differentiable, so when a backward must build a graph (grad mode on inside it, something
+  requiring grad) `_backward` re-runs the forward from the op's saved inputs as torch ops
+  (`_torch_composite`: the same equations, lengths and dropout masks) and returns that
+  composite's vector-Jacobian product with create_graph=True, as torch.nn's CPU path does;
+  it costs that path's time and memory. An ordinary backward never comes there. The inputs
+  are saved as torch.nn saves them, so changing x or a weight in place between forward and
+  backward is torch's version-counter error (inference tensors, which torch will not save and
+  which need no gradient, are kept as they are).
 - Inference on the CPU runs a prepared network (`fastrnn.prepare`) kept on the module, so a
   call neither packs the weights again nor goes through the custom op's dispatch. It is used
   when nothing needs a gradient (`torch.no_grad()`, `torch.inference_mode()`, or no input and
