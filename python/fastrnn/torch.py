@@ -36,7 +36,7 @@ How it is built
   number and dtypes it learns once per configuration from a forward on a tiny problem.
 - Double backward (`create_graph=True`, gradgradcheck): the fused backward is not itself
   differentiable, so when a backward must build a graph (grad mode on inside it, something
-  requiring grad) `_backward` re-runs the forward from the op's saved inputs as torch ops
+  requiring grad) `_backward` re-runs the forward from the op's own inputs as torch ops
   (`_torch_composite`: the same equations, lengths and dropout masks) and returns that
   composite's vector-Jacobian product with create_graph=True, as torch.nn's CPU path does;
   it costs that path's time and memory. An ordinary backward never comes there. The inputs
