@@ -34,6 +34,15 @@ How it is built
   arrays (carried 1-D), and `_api._saved_from_arrays` rebuilds it; nothing is recomputed. Their
   sizes depend on the engine, so the fake implementation gives them data-dependent sizes; their
   number and dtypes it learns once per configuration from a forward on a tiny problem.
+- Double backward (`create_graph=True`, gradgradcheck): the fused backward is not itself
+  differentiable, so when a backward must build a graph (grad mode on inside it, something
+  requiring grad) `_backward` re-runs the forward from the op's own inputs as torch ops
+  (`_torch_composite`: the same equations, lengths and dropout masks) and returns that
+  composite's vector-Jacobian product with create_graph=True, as torch.nn's CPU path does;
+  it costs that path's time and memory. An ordinary backward never comes there. The inputs
+  are kept on the context, not saved: the fused backward reads fastrnn's copies and ignores
+  in-place changes to them after the forward, as before; the composite checks their version
+  counters and names one that changed.
 - Inference on the CPU runs a prepared network (`fastrnn.prepare`) kept on the module, so a
   call neither packs the weights again nor goes through the custom op's dispatch. It is used
   when nothing needs a gradient (`torch.no_grad()`, `torch.inference_mode()`, or no input and
@@ -347,7 +356,7 @@ def _(meta, saved, dy, dh_n, dc_n, cell, num_layers, bidirectional, batch_first,
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, h0, c0, _, _, cell, L, bidirectional, batch_first, _, P, _ = inputs
+    x, weights, h0, c0, lengths, seed, cell, L, bidirectional, batch_first, dropout, P, _ = inputs
     _, _, _, meta, saved = output
     D = 2 if bidirectional else 1
     ctx.options = (cell, L, bidirectional, batch_first, x.shape[-1],
@@ -356,18 +365,79 @@ def _setup_context(ctx, inputs, output):
     ctx.has_state = (h0 is not None, c0 is not None)
     ctx.save_for_backward(meta, *saved)
     ctx.set_materialize_grads(False)
+    # The op's own inputs too, for a backward that must itself be differentiable (see
+    # _backward): references, not copies, kept on ctx rather than saved. Saving them would
+    # make changing one in place between forward and backward an error for every backward
+    # (torch.nn's behaviour, and Keras's torch backend does change its state tensors so),
+    # where the fused backward reads fastrnn's own copies and does not care. Their versions
+    # are kept instead, and only the composite checks them.
+    ctx.inputs = (x, *weights, h0, c0, lengths, seed)
+    ctx.versions = tuple(_version_of(t) for t in ctx.inputs)
+    ctx.composite_options = (cell, L, bidirectional, batch_first, dropout, P)
+
+
+def _version_of(t):
+    """t's version counter, or None where it has none to read: None, inference tensors (reading
+    theirs throws a C++ exception, which a process under the ASan runtime cannot survive) and
+    the tracing subclasses of torch.compile (which never reaches the composite)."""
+    if t is None or type(t) not in _PLAIN_TYPES or t.is_inference():
+        return None
+    return t._version
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved):
     meta, *saved = ctx.saved_tensors
+    cell = ctx.options[0]
+    has_h0, has_c0 = ctx.has_state
+    rest = (None,) * 9  # lengths, seed and the static options
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (*ctx.inputs, dy, dh_n, dc_n)):
+        # create_graph=True: the gradients must be differentiable in the inputs and in dy,
+        # dh_n, dc_n. The fused kernels are not, so differentiate the same forward written in
+        # torch ops (_torch_composite) from the op's inputs; the first backward of an ordinary
+        # training step (grad mode off) never comes here.
+        dx, dweights, dh0, dc0 = _composite_backward(ctx, dy, dh_n, dc_n)
+        return dx, dweights, dh0 if has_h0 else None, dc0 if has_c0 else None, *rest
     if dy is None:  # only h_n / c_n were used
         dy = torch.zeros(ctx.y_shape, dtype=ctx.dtype, device=ctx.device)
-    cell = ctx.options[0]
     dx, dh0, dc0, dweights = _backward_op(meta, saved, dy, dh_n, dc_n if cell == "lstm" else None,
                                           *ctx.options)
-    has_h0, has_c0 = ctx.has_state
-    return (dx, list(dweights), dh0 if has_h0 else None, dc0 if has_c0 else None,
-            None, None, None, None, None, None, None, None, None)
+    return dx, list(dweights), dh0 if has_h0 else None, dc0 if has_c0 else None, *rest
+
+
+def _composite_backward(ctx, dy, dh_n, dc_n):
+    """(dx, dweights, dh0, dc0) as a differentiable graph: the vector-Jacobian product of
+    _torch_composite.forward at the op's inputs, with create_graph=True. A None is a zero
+    gradient (an input that needs none, or one the outputs do not depend on)."""
+    from . import _torch_composite  # imported on first use: ordinary backward never needs it
+
+    nw = len(ctx.inputs) - 5  # x, weights..., h0, c0, lengths, seed
+    names = ["input", *[f"weights[{k}]" for k in range(nw)], "h0", "c0", "lengths", "seed"]
+    for name, t, version in zip(names, ctx.inputs, ctx.versions):
+        if version is not None and t._version != version:
+            raise RuntimeError(
+                f"fastrnn: a backward with create_graph=True runs the forward again from its "
+                f"inputs, but its {name} was changed in place after the forward (version "
+                f"{version}, now {t._version}); change a clone instead, or run the forward "
+                f"again after the change")
+    # an inference tensor cannot enter a recorded op; a copy made here is an ordinary constant
+    ins = [t.clone() if t is not None and t.is_inference() else t for t in ctx.inputs]
+    x, weights, (h0, c0, lengths, seed) = ins[0], ins[1:1 + nw], ins[1 + nw:]
+    with torch.enable_grad():
+        outs = _torch_composite.forward(x, weights, h0, c0, lengths, seed,
+                                        *ctx.composite_options)
+    pairs = [(o, g) for o, g in zip(outs, (dy, dh_n, dc_n)) if o is not None and g is not None]
+    wrt = [(k, t) for k, t in enumerate((x, *weights, h0, c0))
+           if t is not None and t.requires_grad]
+    grads = [None] * (nw + 3)
+    if pairs and wrt:
+        got = torch.autograd.grad([o for o, _ in pairs], [t for _, t in wrt],
+                                  [g for _, g in pairs], create_graph=True, allow_unused=True)
+        for (k, _), g in zip(wrt, got):
+            grads[k] = g
+    dweights = [g if g is not None else torch.zeros_like(w)
+                for g, w in zip(grads[1:1 + nw], weights)]
+    return grads[0], dweights, grads[1 + nw], grads[2 + nw]
 
 
 torch.library.register_autograd("fastrnn::rnn_forward", _backward, setup_context=_setup_context)
