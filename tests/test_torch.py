@@ -17,6 +17,8 @@
 import copy
 import os
 import socket
+import textwrap
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -660,3 +662,38 @@ def test_zero_length_sequences_raise_as_torch_nn(name, batch_first):
         with pytest.raises(RuntimeError) as got:
             ours(*args)
         assert str(got.value) == str(want.value)
+
+
+def test_eager_training_never_imports_dynamo():
+    """A plain eager training step calls the kernels' bodies directly (fastrnn.torch._Direct):
+    through the custom ops, the first call of a process imported torch._dynamo (1.4-3.4 s
+    before the first forward). Fresh process: forward and backward, no dynamo (torch.optim's
+    first step imports it, for torch.nn's modules as for ours); the same outputs and gradients
+    as the custom op's path."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent("""
+        import sys, torch, fastrnn.torch as ft
+        torch.manual_seed(0)
+        lstm = ft.LSTM(3, 4, num_layers=2)
+        x = torch.randn(5, 2, 3, requires_grad=True)
+        y, (h, c) = lstm(x)
+        (y.sum() + h.sum() + c.sum()).backward()
+        print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "no dynamo"
+
+    torch.manual_seed(0)
+    lstm = ft.LSTM(3, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for direct in (True, False):
+        with mock.patch.object(ft, "_direct_call", lambda tensors: direct):
+            y, (h, c) = lstm(x)
+            grads = torch.autograd.grad(y.sum() + h.sum() + c.sum(), [x, *lstm.parameters()])
+        results.append([y, h, c, *grads])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
