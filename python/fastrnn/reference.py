@@ -25,6 +25,18 @@ Conventions shared by every cell:
   0, which is torch's reverse direction (y[t] stays aligned with x[t]).
 - Backward walks the steps in the opposite order, accumulating the gradients of the
   pre-activations per step, then forms the weight gradients with one contraction over all T.
+
+ONNX options (keyword-only; their defaults leave the maths above bit for bit unchanged):
+- activations: ONNX's f, g, h of the LSTM (default Sigmoid, Tanh, Tanh), f, g of the GRU
+  (Sigmoid, Tanh) and f of the RNN (Tanh, or Relu for nonlinearity="relu"); each entry a name of
+  ACTIVATIONS or (name, alpha) or (name, alpha, beta), None taking the ONNX default (Activation).
+- clip: every gate's pre-activation is bounded to [-clip, clip] before its activation (ONNX
+  `clip`); its gradient is 0 where clipped. The LSTM's h(c') is not clipped (as ONNX Runtime).
+- LSTM peepholes (3H,) in fastrnn's gate order p_i, p_f, p_o (ONNX's P is p_i, p_o, p_f):
+  i and f add p⊙c_{t-1} to their pre-activations, o adds p_o⊙c_t; the backward then returns a
+  9th value, dpeepholes (3H,).
+- LSTM input_forget (ONNX `input_forget=1`): the forget gate is coupled, f = 1 − i; the f rows
+  of the weights and biases are then unused and get zero gradients.
 """
 
 import numpy as np
@@ -80,17 +92,126 @@ def _bias(b, n, dt):
 
 
 # ----------------------------------------------------------------------------------------------
+# ONNX activations and clip (the activations= and clip= options of every cell)
+
+# ONNX's list (operator docs of LSTM/GRU/RNN). A missing alpha or beta takes, as ONNX says, the
+# default of the ONNX operator of that name; Affine's is that of ONNX's experimental Affine
+# operator and ScaledTanh's that of ONNX Runtime's contrib ScaledTanh. ONNX Runtime 1.32's
+# LSTM/GRU/RNN kernels differ there: they run a missing alpha and beta of Affine, ScaledTanh and
+# ThresholdedRelu as 0 (models that rely on a default need an explicit value to agree).
+ACTIVATIONS = {  # name: (default alpha, default beta), None where the function has no such value
+    "Sigmoid": (None, None), "Tanh": (None, None), "Relu": (None, None),
+    "Affine": (1.0, 0.0), "LeakyRelu": (0.01, None), "ThresholdedRelu": (1.0, None),
+    "ScaledTanh": (1.0, 1.0), "HardSigmoid": (0.2, 0.5), "Elu": (1.0, None),
+    "Softsign": (None, None), "Softplus": (None, None),
+}
+
+
+class Activation:
+    """One ONNX activation: y = act(a), and dL/da = act.backward(dL/dy, a, y).
+
+    Built from a name of ACTIVATIONS or a tuple (name, alpha) / (name, alpha, beta); alpha or
+    beta None (or left out) takes the default. At a kink the derivative is the one of the flat
+    piece where there is one, else of the left piece, as relu'(0) = 0 and like torch:
+    Relu'(0) = 0, ThresholdedRelu'(alpha) = 0, HardSigmoid' = 0 on both bends, LeakyRelu'(0) =
+    alpha, Elu'(0) = alpha."""
+
+    def __init__(self, spec):
+        name, *ab = (spec,) if isinstance(spec, str) else tuple(spec)
+        if name not in ACTIVATIONS or len(ab) > 2:
+            raise ValueError(f"activations: expected a name of {sorted(ACTIVATIONS)}, optionally "
+                             f"with alpha and beta, got {spec!r}")
+        ab = list(ab) + [None] * (2 - len(ab))
+        self.name = name
+        self.alpha, self.beta = (d if v is None else v for v, d in zip(ab, ACTIVATIONS[name]))
+
+    def __call__(self, a):
+        n, al, be = self.name, self.alpha, self.beta
+        if n == "Sigmoid":
+            return sigmoid(a)  # 1/(1 + e^-a)
+        if n == "Tanh":
+            return np.tanh(a)
+        if n == "Relu":
+            return np.maximum(a, 0)
+        if n == "Affine":
+            return al * a + be
+        if n == "LeakyRelu":
+            return np.where(a >= 0, a, al * a)
+        if n == "ThresholdedRelu":
+            return np.where(a >= al, a, 0)
+        if n == "ScaledTanh":
+            return al * np.tanh(be * a)
+        if n == "HardSigmoid":
+            return np.clip(al * a + be, 0, 1)
+        if n == "Elu":
+            return np.where(a >= 0, a, al * np.expm1(np.minimum(a, 0)))  # α(e^a − 1), no overflow
+        if n == "Softsign":
+            return a / (1 + np.abs(a))
+        return np.logaddexp(0, a)  # Softplus: log(1 + e^a), no overflow
+
+    def backward(self, dy, a, y):
+        """dL/da from dL/dy, the input a and the output y = self(a)."""
+        n, al, be = self.name, self.alpha, self.beta
+        if n == "Sigmoid":
+            return dy * y * (1 - y)  # σ'(a) = σ(1−σ)
+        if n == "Tanh":
+            return dy * (1 - y**2)  # tanh'(a) = 1 − tanh²
+        if n == "Relu":
+            return dy * (a > 0)  # relu'(a) = [a > 0], 0 at a = 0 like torch
+        if n == "Affine":
+            return dy * al
+        if n == "LeakyRelu":
+            return np.where(a > 0, dy, al * dy)
+        if n == "ThresholdedRelu":
+            return dy * (a > al)
+        if n == "ScaledTanh":
+            return dy * al * be * (1 - np.tanh(be * a)**2)
+        if n == "HardSigmoid":
+            return dy * al * ((0 < y) & (y < 1))  # α inside the ramp, 0 on the flat pieces
+        if n == "Elu":
+            return np.where(a > 0, dy, dy * al * np.exp(np.minimum(a, 0)))  # (α(e^a − 1))' = αe^a
+        if n == "Softsign":
+            return dy / (1 + np.abs(a))**2
+        return dy * sigmoid(a)  # Softplus' = σ
+
+
+def _activations(specs, defaults):
+    # the cell's activation slots (LSTM f, g, h; GRU f, g; RNN f); None keeps the defaults
+    specs = defaults if specs is None else list(specs)
+    if len(specs) != len(defaults):
+        raise ValueError(f"activations: expected {len(defaults)} (like {list(defaults)}), "
+                         f"got {len(specs)}: {specs!r}")
+    return [Activation(s) for s in specs]
+
+
+def _clip(a, clip):
+    # ONNX clip bounds the input of an activation to [-clip, clip]; None: no clip
+    return a if clip is None else np.clip(a, -clip, clip)
+
+
+def _gate_backward(act, dy, a, y, clip):
+    # dL/da of y = act(clip(a)); the clip passes the gradient strictly inside (-clip, clip) and
+    # stops it where it clips (on the bounds too: its flat piece wins, as for relu'(0) = 0)
+    da = act.backward(dy, _clip(a, clip), y)
+    return da if clip is None else da * (np.abs(a) < clip)
+
+
+# ----------------------------------------------------------------------------------------------
 # LSTM (gate order i, f, g, o; optional projection)
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False, w_hr=None):
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False, w_hr=None, *,
+                 peepholes=None, clip=None, input_forget=False, activations=None):
     """x (T,B,I); w_ih (4H,I); w_hh (4H,Hout); b_ih, b_hh (4H,) or None; h0 (B,Hout); c0 (B,H);
     lengths (B,) ints in [0,T] or None (= all T); w_hr (P,H) or None; Hout = P if w_hr is given else H.
+    ONNX options (see the top of the file): peepholes (3H,) p_i, p_f, p_o or None; clip float or
+    None; input_forget bool; activations [f, g, h] or None (= Sigmoid, Tanh, Tanh).
     Returns (y (T,B,Hout), h_n (B,Hout), c_n (B,H), cache)."""
     dt = x.dtype
     T, B, _ = x.shape
     H = w_ih.shape[0] // 4
     Hout = h0.shape[1]
+    f_act, g_act, h_act = _activations(activations, ("Sigmoid", "Tanh", "Tanh"))
     lengths = _lengths(lengths, T, B)  # B
     x = _zero_padding(x, lengths)  # T,B,I
     xw = x @ w_ih.T + _bias(b_ih, 4 * H, dt)  # T,B,4H  input projection of all steps at once
@@ -100,38 +221,50 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
     y = np.zeros((T, B, Hout), dt)  # T,B,Hout
     h_prev = np.zeros((T, B, Hout), dt)  # T,B,Hout  state entering step t
     c_prev = np.zeros((T, B, H), dt)  # T,B,H
+    c_next = np.zeros((T, B, H), dt)  # T,B,H  c' of step t (o's peephole and h's input)
+    pre = np.zeros((T, B, 4 * H), dt)  # T,B,4H  pre-activations (with peepholes, before clip)
     gates = np.zeros((T, B, 4 * H), dt)  # T,B,4H  activated i, f, g, o
-    tanh_c = np.zeros((T, B, H), dt)  # T,B,H  tanh(c')
+    tanh_c = np.zeros((T, B, H), dt)  # T,B,H  h(c'), tanh(c') by default
     for t in _steps(T, reverse):
         m = (t < lengths)[:, None]  # B,1  valid step?
         a = xw[t] + h @ w_hh.T + b_hh_  # B,4H  pre-activations
-        i = sigmoid(a[:, 0 * H:1 * H])  # B,H
-        f = sigmoid(a[:, 1 * H:2 * H])  # B,H
-        g = np.tanh(a[:, 2 * H:3 * H])  # B,H
-        o = sigmoid(a[:, 3 * H:4 * H])  # B,H
+        a_i, a_f, a_g, a_o = (a[:, k * H:(k + 1) * H] for k in range(4))  # B,H each
+        if peepholes is not None:
+            a_i = a_i + peepholes[0 * H:1 * H] * c  # B,H  i and f look at c_{t-1}
+            a_f = a_f + peepholes[1 * H:2 * H] * c  # B,H
+        i = f_act(_clip(a_i, clip))  # B,H
+        f = 1 - i if input_forget else f_act(_clip(a_f, clip))  # B,H  input_forget couples f = 1 − i
+        g = g_act(_clip(a_g, clip))  # B,H
         c_new = f * c + i * g  # B,H  c' = f⊙c + i⊙g
-        tc = np.tanh(c_new)  # B,H
+        if peepholes is not None:
+            a_o = a_o + peepholes[2 * H:3 * H] * c_new  # B,H  o looks at c_t
+        o = f_act(_clip(a_o, clip))  # B,H
+        tc = h_act(c_new)  # B,H  h(c'), tanh(c') by default
         h_new = o * tc  # B,H  h' = o⊙tanh(c')
         if w_hr is not None:
             h_new = h_new @ w_hr.T  # B,P  h' = W_hr(o⊙tanh(c'))
-        h_prev[t], c_prev[t] = h, c  # B,Hout and B,H
+        h_prev[t], c_prev[t], c_next[t] = h, c, c_new  # B,Hout and B,H
+        pre[t] = np.concatenate([a_i, a_f, a_g, a_o], axis=1)  # B,4H
         gates[t] = np.concatenate([i, f, g, o], axis=1)  # B,4H
         tanh_c[t] = tc  # B,H
         y[t] = np.where(m, h_new, 0)  # B,Hout  padded steps output 0
         h = np.where(m, h_new, h)  # B,Hout  ... and keep their state
         c = np.where(m, c_new, c)  # B,H
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, has_bias=b_ih is not None,
-                 lengths=lengths, reverse=reverse,
-                 h_prev=h_prev, c_prev=c_prev, gates=gates, tanh_c=tanh_c)
+                 lengths=lengths, reverse=reverse, peepholes=peepholes, clip=clip,
+                 input_forget=input_forget, activations=(f_act, g_act, h_act),
+                 h_prev=h_prev, c_prev=c_prev, c_next=c_next, pre=pre, gates=gates, tanh_c=tanh_c)
     return y, h, c, cache
 
 
 def lstm_backward(dy, dh_n, dc_n, cache):
     """dy (T,B,Hout); dh_n (B,Hout) or None (= zeros); dc_n (B,H) or None.
     Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); db_* are None when the biases were None,
-    dw_hr None when there was no projection."""
+    dw_hr None when there was no projection; when the forward had peepholes, dpeepholes (3H,)
+    follows as a 9th value."""
     x, w_ih, w_hh, w_hr = cache["x"], cache["w_ih"], cache["w_hh"], cache["w_hr"]
-    lengths = cache["lengths"]
+    lengths, peepholes, clip = cache["lengths"], cache["peepholes"], cache["clip"]
+    f_act, g_act, h_act = cache["activations"]
     dt = x.dtype
     T, B, _ = x.shape
     H = w_ih.shape[0] // 4
@@ -142,8 +275,9 @@ def lstm_backward(dy, dh_n, dc_n, cache):
     dw_hr = None if w_hr is None else np.zeros_like(w_hr, dtype=dt)  # P,H
     for t in reversed(_steps(T, cache["reverse"])):
         m = (t < lengths)[:, None]  # B,1
-        gates = cache["gates"][t]  # B,4H
+        gates, pre = cache["gates"][t], cache["pre"][t]  # B,4H each
         i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))  # B,H each
+        a_i, a_f, a_g, a_o = (pre[:, k * H:(k + 1) * H] for k in range(4))  # B,H each
         tc = cache["tanh_c"][t]  # B,H
         dh_new = np.where(m, dh + dy[t], 0)  # B,Hout  a padded step passes dh through untouched
         if w_hr is not None:
@@ -151,38 +285,58 @@ def lstm_backward(dy, dh_n, dc_n, cache):
             dm = dh_new @ w_hr  # B,H  dL/d(o⊙tanh(c'))
         else:
             dm = dh_new  # B,H
-        dc_new = np.where(m, dc, 0) + dm * o * (1 - tc**2)  # B,H  tanh'(c) = 1 − tanh²(c)
         do = dm * tc  # B,H
+        da_o = _gate_backward(f_act, do, a_o, o, clip)  # B,H
+        dc_new = np.where(m, dc, 0) + h_act.backward(dm * o, cache["c_next"][t], tc)  # B,H
+        if peepholes is not None:
+            dc_new = dc_new + da_o * peepholes[2 * H:3 * H]  # B,H  o's peephole on c'
         di = dc_new * g  # B,H
         df = dc_new * cache["c_prev"][t]  # B,H
         dg = dc_new * i  # B,H
-        da = np.concatenate([di * i * (1 - i),  # σ'(a) = σ(1−σ)
-                             df * f * (1 - f),
-                             dg * (1 - g**2),  # tanh'(a) = 1 − tanh²
-                             do * o * (1 - o)], axis=1)  # B,4H
+        if cache["input_forget"]:
+            di = di - df  # B,H  f = 1 − i
+            da_f = np.zeros_like(df)  # B,H  a_f is not used
+        else:
+            da_f = _gate_backward(f_act, df, a_f, f, clip)  # B,H
+        da_i = _gate_backward(f_act, di, a_i, i, clip)  # B,H
+        da_g = _gate_backward(g_act, dg, a_g, g, clip)  # B,H
+        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)  # B,4H
         da_all[t] = da  # zero on padded rows, so they add nothing below
+        dc_prev = dc_new * f  # B,H
+        if peepholes is not None:
+            dc_prev = dc_prev + da_i * peepholes[0 * H:1 * H] + da_f * peepholes[1 * H:2 * H]  # B,H
         dh = np.where(m, da @ w_hh, dh)  # B,Hout
-        dc = np.where(m, dc_new * f, dc)  # B,H
+        dc = np.where(m, dc_prev, dc)  # B,H
     dx = da_all @ w_ih  # T,B,I
     dw_ih = np.einsum("tbg,tbi->gi", da_all, x)  # 4H,I
     dw_hh = np.einsum("tbg,tbh->gh", da_all, cache["h_prev"])  # 4H,Hout
     db = da_all.sum(axis=(0, 1)) if cache["has_bias"] else None  # 4H  b_ih and b_hh enter alike
     db_ih, db_hh = (None, None) if db is None else (db, db.copy())
-    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    grads = (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+    if peepholes is None:
+        return grads
+    dp = np.concatenate([np.einsum("tbh,tbh->h", da_all[:, :, 0 * H:1 * H], cache["c_prev"]),
+                         np.einsum("tbh,tbh->h", da_all[:, :, 1 * H:2 * H], cache["c_prev"]),
+                         np.einsum("tbh,tbh->h", da_all[:, :, 3 * H:4 * H], cache["c_next"])])  # 3H
+    return grads + (dp,)
 
 
 # ----------------------------------------------------------------------------------------------
 # GRU (gate order r, z, n; linear_before_reset selects where r is applied)
 
 
-def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, linear_before_reset=True):
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, linear_before_reset=True, *,
+                clip=None, activations=None):
     """x (T,B,I); w_ih (3H,I); w_hh (3H,H); b_ih, b_hh (3H,) or None; h0 (B,H); lengths as LSTM.
     linear_before_reset=True:  n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn))   (PyTorch/cuDNN)
     linear_before_reset=False: n = tanh(W_in x + b_in + W_hn(r⊙h) + b_hn)    (ONNX default)
+    ONNX options (see the top of the file): clip float or None; activations [f, g] or None
+    (= Sigmoid, Tanh): r and z use f, n uses g.
     Returns (y (T,B,H), h_n (B,H), cache)."""
     dt = x.dtype
     T, B, _ = x.shape
     H = w_ih.shape[0] // 3
+    f_act, g_act = _activations(activations, ("Sigmoid", "Tanh"))
     lengths = _lengths(lengths, T, B)  # B
     x = _zero_padding(x, lengths)  # T,B,I
     xw = x @ w_ih.T + _bias(b_ih, 3 * H, dt)  # T,B,3H
@@ -190,27 +344,30 @@ def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, line
     h = np.array(h0, dtype=dt)  # B,H
     y = np.zeros((T, B, H), dt)  # T,B,H
     h_prev = np.zeros((T, B, H), dt)  # T,B,H
+    pre = np.zeros((T, B, 3 * H), dt)  # T,B,3H  pre-activations of r, z, n (before clip)
     gates = np.zeros((T, B, 3 * H), dt)  # T,B,3H  activated r, z, n
     hn = np.zeros((T, B, H), dt)  # T,B,H  input of the n-gate's r: W_hn h + b_hn, or r⊙h
     for t in _steps(T, reverse):
         m = (t < lengths)[:, None]  # B,1
         a_rz = xw[t, :, :2 * H] + h @ w_hh[:2 * H].T + b_hh_[:2 * H]  # B,2H
-        r = sigmoid(a_rz[:, :H])  # B,H
-        z = sigmoid(a_rz[:, H:])  # B,H
+        r = f_act(_clip(a_rz[:, :H], clip))  # B,H
+        z = f_act(_clip(a_rz[:, H:], clip))  # B,H
         if linear_before_reset:
             hn[t] = h @ w_hh[2 * H:].T + b_hh_[2 * H:]  # B,H  W_hn h + b_hn
-            n = np.tanh(xw[t, :, 2 * H:] + r * hn[t])  # B,H
+            a_n = xw[t, :, 2 * H:] + r * hn[t]  # B,H
         else:
             hn[t] = r * h  # B,H  r⊙h
-            n = np.tanh(xw[t, :, 2 * H:] + hn[t] @ w_hh[2 * H:].T + b_hh_[2 * H:])  # B,H
+            a_n = xw[t, :, 2 * H:] + hn[t] @ w_hh[2 * H:].T + b_hh_[2 * H:]  # B,H
+        n = g_act(_clip(a_n, clip))  # B,H
         h_new = (1 - z) * n + z * h  # B,H  h' = (1−z)⊙n + z⊙h
         h_prev[t] = h  # B,H
+        pre[t] = np.concatenate([a_rz, a_n], axis=1)  # B,3H
         gates[t] = np.concatenate([r, z, n], axis=1)  # B,3H
         y[t] = np.where(m, h_new, 0)  # B,H
         h = np.where(m, h_new, h)  # B,H
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lengths=lengths,
-                 reverse=reverse, linear_before_reset=linear_before_reset,
-                 h_prev=h_prev, gates=gates, hn=hn)
+                 reverse=reverse, linear_before_reset=linear_before_reset, clip=clip,
+                 activations=(f_act, g_act), h_prev=h_prev, pre=pre, gates=gates, hn=hn)
     return y, h, cache
 
 
@@ -218,7 +375,8 @@ def gru_backward(dy, dh_n, cache):
     """dy (T,B,H); dh_n (B,H) or None (= zeros).
     Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); db_* are None when the biases were None."""
     x, w_ih, w_hh = cache["x"], cache["w_ih"], cache["w_hh"]
-    lengths, lbr = cache["lengths"], cache["linear_before_reset"]
+    lengths, lbr, clip = cache["lengths"], cache["linear_before_reset"], cache["clip"]
+    f_act, g_act = cache["activations"]
     dt = x.dtype
     T, B, _ = x.shape
     H = w_ih.shape[0] // 3
@@ -227,13 +385,14 @@ def gru_backward(dy, dh_n, cache):
     dah_all = np.zeros((T, B, 3 * H), dt)  # T,B,3H  dL/d(recurrent pre-activations, see below)
     for t in reversed(_steps(T, cache["reverse"])):
         m = (t < lengths)[:, None]  # B,1
-        gates = cache["gates"][t]  # B,3H
+        gates, pre = cache["gates"][t], cache["pre"][t]  # B,3H each
         r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))  # B,H each
+        a_r, a_z, a_n = (pre[:, k * H:(k + 1) * H] for k in range(3))  # B,H each
         h_prev, hn = cache["h_prev"][t], cache["hn"][t]  # B,H
         dh_new = np.where(m, dh + dy[t], 0)  # B,H
         dz = dh_new * (h_prev - n)  # B,H
         dn = dh_new * (1 - z)  # B,H
-        da_n = dn * (1 - n**2)  # B,H  tanh'(a) = 1 − tanh²
+        da_n = _gate_backward(g_act, dn, a_n, n, clip)  # B,H
         if lbr:
             dr = da_n * hn  # B,H  n-input is r⊙hn
             dah_n = da_n * r  # B,H  dL/d(W_hn h + b_hn)
@@ -243,8 +402,8 @@ def gru_backward(dy, dh_n, cache):
             dr = drh * h_prev  # B,H
             dah_n = da_n  # B,H  dL/d(W_hn(r⊙h) + b_hn)
             dh_via_n = drh * r  # B,H
-        da_r = dr * r * (1 - r)  # B,H  σ'(a) = σ(1−σ)
-        da_z = dz * z * (1 - z)  # B,H
+        da_r = _gate_backward(f_act, dr, a_r, r, clip)  # B,H
+        da_z = _gate_backward(f_act, dz, a_z, z, clip)  # B,H
         dax_all[t] = np.concatenate([da_r, da_z, da_n], axis=1)  # B,3H
         dah_all[t] = np.concatenate([da_r, da_z, dah_n], axis=1)  # B,3H
         dh_prev = dh_new * z + np.concatenate([da_r, da_z], axis=1) @ w_hh[:2 * H] + dh_via_n  # B,H
@@ -264,12 +423,16 @@ def gru_backward(dy, dh_n, cache):
 # Elman RNN (one gate; tanh or relu)
 
 
-def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, nonlinearity="tanh"):
+def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, nonlinearity="tanh", *,
+                clip=None, activations=None):
     """x (T,B,I); w_ih (H,I); w_hh (H,H); b_ih, b_hh (H,) or None; h0 (B,H); lengths as LSTM;
-    nonlinearity "tanh" or "relu". Returns (y (T,B,H), h_n (B,H), cache)."""
+    nonlinearity "tanh" or "relu". ONNX options (see the top of the file): clip float or None;
+    activations [f] or None (= Tanh or Relu, from nonlinearity), which replaces nonlinearity.
+    Returns (y (T,B,H), h_n (B,H), cache)."""
     dt = x.dtype
     T, B, _ = x.shape
     H = w_ih.shape[0]
+    (act,) = _activations(activations, ("Tanh" if nonlinearity == "tanh" else "Relu",))
     lengths = _lengths(lengths, T, B)  # B
     x = _zero_padding(x, lengths)  # T,B,I
     xw = x @ w_ih.T + _bias(b_ih, H, dt)  # T,B,H
@@ -277,16 +440,17 @@ def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, nonl
     h = np.array(h0, dtype=dt)  # B,H
     y = np.zeros((T, B, H), dt)  # T,B,H
     h_prev = np.zeros((T, B, H), dt)  # T,B,H
-    h_out = np.zeros((T, B, H), dt)  # T,B,H  act(a), also gives act'(a)
+    pre = np.zeros((T, B, H), dt)  # T,B,H  pre-activations (before clip)
+    h_out = np.zeros((T, B, H), dt)  # T,B,H  act(a)
     for t in _steps(T, reverse):
         m = (t < lengths)[:, None]  # B,1
         a = xw[t] + h @ w_hh.T + b_hh_  # B,H
-        h_new = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)  # B,H
-        h_prev[t], h_out[t] = h, h_new  # B,H each
+        h_new = act(_clip(a, clip))  # B,H  tanh(a) or max(a, 0) by default
+        h_prev[t], pre[t], h_out[t] = h, a, h_new  # B,H each
         y[t] = np.where(m, h_new, 0)  # B,H
         h = np.where(m, h_new, h)  # B,H
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, has_bias=b_ih is not None, lengths=lengths,
-                 reverse=reverse, nonlinearity=nonlinearity, h_prev=h_prev, h_out=h_out)
+                 reverse=reverse, clip=clip, activation=act, h_prev=h_prev, pre=pre, h_out=h_out)
     return y, h, cache
 
 
@@ -301,12 +465,9 @@ def rnn_backward(dy, dh_n, cache):
     da_all = np.zeros((T, B, H), dt)  # T,B,H
     for t in reversed(_steps(T, cache["reverse"])):
         m = (t < lengths)[:, None]  # B,1
-        h_new = cache["h_out"][t]  # B,H
-        if cache["nonlinearity"] == "tanh":
-            dact = 1 - h_new**2  # B,H  tanh'(a) = 1 − tanh²
-        else:
-            dact = (h_new > 0).astype(dt)  # B,H  relu'(a) = [a > 0], 0 at a = 0 like torch
-        da = np.where(m, dh + dy[t], 0) * dact  # B,H
+        dh_new = np.where(m, dh + dy[t], 0)  # B,H
+        da = _gate_backward(cache["activation"], dh_new, cache["pre"][t], cache["h_out"][t],
+                            cache["clip"])  # B,H  tanh' = 1 − tanh², relu' = [a > 0]
         da_all[t] = da  # B,H
         dh = np.where(m, da @ w_hh, dh)  # B,H
     dx = da_all @ w_ih  # T,B,I
