@@ -8,9 +8,9 @@ torch's test/test_modules.py does with those samples:
   same-maths budget of tests/_tolerances.py, in training and eval mode;
 - gradients (test_grad, test_gradgrad): gradcheck and gradgradcheck of the outputs in the
   inputs and parameters together, then in each parameter alone, with torch's test defaults
-  (fast_mode, check_batched_grad). Batched gradients of the first backward need a vmap rule
-  for fastrnn::rnn_backward (issue 23's vmap item): until it is registered, gradcheck runs
-  without them and test_batched_first_gradients says so as a skip;
+  (fast_mode, check_batched_grad). gradcheck batches the first backward's cotangents with
+  torch's legacy vmap, which fastrnn.torch answers through the torch-op composite of the same
+  forward (torch.py, _backward);
 - pickling (test_save_load): torch.save / torch.load of the module gives the same outputs,
   and of its state_dict (weights_only too) the same tensors;
 - non-contiguous inputs (test_non_contiguous_tensors): the same outputs and gradients;
@@ -42,9 +42,6 @@ F64 = dict(rtol=SAME_MATHS_F64_RTOL, atol=SAME_MATHS_F64_ATOL)
 FAST = {torch.nn.LSTM: ft.LSTM, torch.nn.GRU: ft.GRU, torch.nn.RNN: ft.RNN}
 INFOS = {mi.module_cls: mi for mi in common_modules.module_db if mi.module_cls in FAST}
 NAMES = [cls.__name__ for cls in FAST]
-# gradcheck's check_batched_grad vmaps the first backward, fastrnn::rnn_backward
-HAS_BACKWARD_VMAP = torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::rnn_backward",
-                                                                   "FuncTorchBatched")
 
 
 def module_info(name):
@@ -194,16 +191,6 @@ def check_gradients(name, k, check, **options):
 @pytest.mark.parametrize("name,k", ALL_CASES)
 def test_gradcheck(name, k):
     check_gradients(name, k, torch.autograd.gradcheck, fast_mode=True,
-                    check_batched_grad=HAS_BACKWARD_VMAP)
-
-
-@pytest.mark.skipif(not HAS_BACKWARD_VMAP,
-                    reason="fastrnn::rnn_backward has no vmap rule yet (issue 23's vmap item): "
-                           "test_gradcheck runs without check_batched_grad")
-def test_batched_first_gradients():
-    """With the rule registered, test_gradcheck checks batched gradients; this one makes sure
-    a single sample does, visibly."""
-    check_gradients("LSTM", 1, torch.autograd.gradcheck, fast_mode=True,
                     check_batched_grad=True)
 
 

@@ -399,18 +399,24 @@ def _backward(ctx, dy, dh_n, dc_n, _dmeta, _dsaved):
     cell = ctx.options[0]
     has_h0, has_c0 = ctx.has_state
     rest = (None,) * 9  # lengths, seed and the static options
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (*ctx.inputs, dy, dh_n, dc_n)):
+    legacy_vmap = any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t)
+                      for t in (dy, dh_n, dc_n))
+    if legacy_vmap or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (*ctx.inputs, dy, dh_n, dc_n))):
         # create_graph=True: the gradients must be differentiable in the inputs and in dy,
         # dh_n, dc_n. The fused kernels are not, so differentiate the same forward written in
         # torch ops (_torch_composite) from the op's inputs; the first backward of an ordinary
-        # training step (grad mode off) never comes here.
+        # training step (grad mode off) never comes here. So do cotangents batched by torch's
+        # legacy vmap (gradcheck's check_batched_grad): it knows torch.library's batching
+        # rules no more than it knows the kernels, and the torch ops it batches.
         dx, dweights, dh0, dc0 = _composite_backward(ctx, dy, dh_n, dc_n)
         return dx, dweights, dh0 if has_h0 else None, dc0 if has_c0 else None, *rest
     if dy is None:  # only h_n / c_n were used
         dy = torch.zeros(ctx.y_shape, dtype=ctx.dtype, device=ctx.device)
-    # the op, or its body where the forward called its body (_Direct)
-    backward = _backward_impl if getattr(ctx, "direct", False) else _backward_op
+    # the op, or its body where the forward called its body (_Direct) and nothing transforms
+    # this backward (torch.func's vmap of the cotangents: the op has the rule)
+    direct = getattr(ctx, "direct", False) and _direct_call((dy, dh_n, dc_n))
+    backward = _backward_impl if direct else _backward_op
     dx, dh0, dc0, dweights = backward(meta, saved, dy, dh_n, dc_n if cell == "lstm" else None,
                                       *ctx.options)
     return dx, list(dweights), dh0 if has_h0 else None, dc0 if has_c0 else None, *rest
