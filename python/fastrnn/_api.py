@@ -940,6 +940,8 @@ def _saved_to_arrays(saved):
             return ["torch_dtype", str(v).replace("torch.", "")]
         if isinstance(v, _Cell):
             return ["cell", v.kind]
+        if isinstance(v, reference.Activation):  # the reference's per-cache activations
+            return ["activation", [v.name, encode(v.alpha), encode(v.beta)]]
         raise TypeError(f"saved: cannot serialise a {type(v).__name__} held in it")
 
     unset = object()
@@ -971,6 +973,8 @@ def _saved_from_arrays(meta, arrays):
             return getattr(_device.torch_module(), payload)
         if tag == "cell":
             return cells[payload]
+        if tag == "activation":
+            return reference.Activation(tuple(payload))
         raise ValueError(f"meta: unknown tag {tag!r}")
 
     saved = _Saved()
