@@ -306,8 +306,8 @@ def _compact(x, valid):
 def _right_padded(mask):
     """True when `mask` (B, T) is known to be right padding (valid steps first: the gather of
     `_compact` is the identity and is skipped). Known only on the torch backend outside
-    torch.compile, where reading a value costs nothing; elsewhere (JAX traces, compiled torch)
-    False, and the gather runs."""
+    torch.compile, where reading a value costs nothing; elsewhere False (compiled torch: the
+    gather runs; JAX decides inside XLA, with a cond)."""
     if _backend() != "torch":
         return False
     import torch
@@ -359,7 +359,13 @@ class _FastRNN:
         if mask is not None:
             valid = ops.cast(mask, "int32")                                 # B,T
             lengths = ops.sum(valid, axis=1)                                # B
-            if not _right_padded(mask):
+            if _backend() == "jax":
+                # the mask is traced: XLA runs one branch of a cond, so right padding skips
+                # the gather (and the scatter that is its gradient)
+                x_in = x
+                x = ops.cond(ops.all(valid[:, 1:] <= valid[:, :-1]), lambda: x_in,
+                             lambda: _compact(x_in, valid))
+            elif not _right_padded(mask):
                 x = _compact(x, valid)
         weights = _flat_weights(self._cell_kind, cell, dtype)
         kind = self._kernel_kind()
