@@ -36,27 +36,32 @@ How it is built, and what it costs
   `fastrnn._api` (never `_core`) through `jax.pure_callback`. That is a host round trip per
   call: XLA hands the operands to Python as jax.Arrays on the CPU (read here through DLPack,
   without a copy: `_host`), the GIL is taken, the kernel runs, and the results are copied back
-  into XLA buffers. For RNN-sized work (a
-  sequence of GEMMs) this is small next to the kernel, but it is a synchronisation point that
-  XLA cannot fuse or overlap, and the arrays live in host memory: on a GPU JAX backend the data
-  would cross to the host and back. The XLA FFI would avoid the Python round trip, but it needs a
-  compiled handler (C++), which this adapter does not add.
+  into XLA buffers. For RNN-sized work (a sequence of GEMMs) this is small next to the kernel,
+  but it is a synchronisation point that XLA cannot fuse or overlap, and the arrays live in
+  host memory: on a GPU JAX backend the data would cross to the host and back. The XLA FFI
+  would avoid the Python round trip, but it needs a compiled handler built against XLA's FFI
+  headers (`xla/ffi/api/*.h`, shipped in jaxlib: `jax.ffi.include_dir()`), so either jaxlib at
+  build time or vendored headers; this adapter adds neither.
 - What backward needs stays on the Python side: the forward rule's callback keeps the
   functional API's `saved` in a store (`_Store`) and hands XLA only a token (two uint32 words of
   a key that is never reused), which the backward rule's callback takes back. Carrying `saved`
   through XLA as arrays instead (the engine's reserve is T*B*(G+2)*H values a layer and
   direction, 23 MB at T=300, B=100, H=32) cost a copy of it into XLA's buffers after the
   forward callback, another into a jax.Array before the backward callback and a third into
-  NumPy inside it: ~20-40 ms of a ~60-90 ms jit(value_and_grad) step at that size, 1 thread. XLA treats the callbacks as pure, so it may run a forward rule whose backward
-  never runs (an unused gradient, a dropped vjp function, rematerialisation) and a backward more
-  than once (a vjp function called twice, jax.jacrev's vmap over cotangents); the store is
-  therefore only a shortcut. The backward rule also receives the forward's inputs (x, weights,
-  h0, c0, lengths, seed: no copies, XLA holds them anyway) and, when its token's entry is gone,
-  runs the forward again from them (same seed, same dropout masks) before the backward.
-  Entries not taken back are bounded (1 GiB and 1024 entries by default, `_store.max_bytes`
-  and `_store.max_entries`; the oldest go first), so abandoned forwards cannot grow memory
-  without limit; the entry taken last stays until the next forward or backward, so a backward
-  repeated at once does not recompute.
+  NumPy inside it: ~20 ms of a ~60-90 ms jit(value_and_grad) step at that size, 1 thread.
+- XLA treats the callbacks as pure, so it may run a forward rule whose backward never runs (an
+  unused gradient, a dropped vjp function, rematerialisation) and a backward more than once (a
+  vjp function called twice, jax.jacrev's vmap over cotangents): the store is only a shortcut.
+  The backward rule also receives the forward's inputs (x, weights, h0, c0, lengths, seed; no
+  copies, XLA holds them anyway) and, when its token's entry is gone, runs the forward again
+  from them (same seed, same dropout masks) before the backward. Entries not taken back are
+  bounded (1 GiB and 1024 entries by default, `_store.max_bytes` and `_store.max_entries`; the
+  oldest go first, the newest always stays), so abandoned forwards cannot grow memory without
+  limit. The entry taken last stays until the next forward or until another entry is taken,
+  so a backward repeated at once does not recompute.
+- With `batch_first`, XLA swaps the batch and time axes of x and y around the callbacks and the
+  kernels run time-major (`_apply`): XLA's transposes fuse with their neighbours or vanish,
+  where the functional API's would be strided copies inside the callbacks.
 - `pure_callback` needs the exact shapes and dtypes of its results when the function is traced.
   They are learnt by a *probe*: the functional API itself runs once on zeros of the real shapes
   and options, at trace time (`_probe`, cached per configuration). That costs one forward per new
