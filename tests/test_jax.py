@@ -512,6 +512,23 @@ def test_store_vmap_of_grad_and_retrace(store):
         assert not store._pending
 
 
+def test_store_checkpoint_and_threads(store):
+    """jax.checkpoint (the forward runs again in the backward pass, with a new token) and
+    training steps on several threads at once (callbacks on several XLA threads share the store):
+    the functional API's gradients, and nothing left pending."""
+    import concurrent.futures
+
+    x, weights, loss, want = _dropout_problem()
+    remat = jax.jit(jax.grad(jax.checkpoint(loss), argnums=(0, 1)))
+    _assert_grads(remat(x, weights, jnp.asarray(7)), want)
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: step(x, weights, jnp.asarray(7)), range(8)))
+    for got in results:
+        _assert_grads(got, want)
+    assert not store._pending
+
+
 # ----------------------------------------------------------------------------------------------
 # The functional API on JAX arrays
 
