@@ -13,6 +13,9 @@ arrays and int32 lengths and seeds (the autouse fixture `jax_defaults`). The flo
   eager and under jit, outputs and gradients bit for bit those of the functional API; jax.vmap;
 - dropout: a traced seed (also negative, also under vmap), no seed needed with one layer, a
   known seed checked when the function is called;
+- the store of backward states: nothing left after training steps, abandoned forwards bounded,
+  an evicted or repeated backward recomputed to the same gradients (dropout masks too), vmap,
+  retracing;
 - bad input raises the functional API's errors when the function is called, naming the argument;
 - the functional API gives JAX arrays back for JAX arrays.
 """
@@ -374,6 +377,156 @@ def test_known_lengths_are_checked_when_called():
     with pytest.raises(ValueError, match=r"^lengths: expected values in \[0, 5\] \(T\), "
                                          r"got lengths\[0\]=6$"):
         fj.rnn(x.transpose(1, 0, 2), weights, lengths=[6, 1, 1], batch_first=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The store of backward states (module docstring of fastrnn.jax: a token crosses XLA, `saved`
+# stays on the Python side; a missing entry is recomputed from the forward's inputs)
+
+
+@pytest.fixture
+def store():
+    """fastrnn.jax's store, empty, with its bounds restored after the test."""
+    st = fj._store
+    bounds = (st.max_bytes, st.max_entries)
+    st.clear()
+    yield st
+    st.max_bytes, st.max_entries = bounds
+    st.clear()
+
+
+def _dropout_problem():
+    """Two LSTM layers with dropout, a traced seed and lengths: a recomputed forward must draw
+    the same masks, or the gradients differ."""
+    x, weights = _two_layers()
+    opts = dict(num_layers=2, dropout=0.5, training=True, lengths=[T, 4, 1])
+    dy = np.random.default_rng(11).standard_normal((T, B, H)).astype(np.float32)
+
+    def loss(x, weights, seed):
+        y, h_n, c_n = fj.lstm(x, weights, seed=seed, **opts)
+        return jnp.sum(y * dy) + jnp.sum(h_n) + jnp.sum(c_n)
+
+    out = fastrnn.lstm_forward(x, weights, seed=7, **opts)
+    want = fastrnn.lstm_backward(out.saved, dy, np.ones_like(out.h_n), np.ones_like(out.c_n))
+    return x, weights, loss, want
+
+
+def _assert_grads(got, want):
+    dx, dw = got
+    np.testing.assert_array_equal(np.asarray(dx), want.dx, err_msg="dx")
+    for k, (a, b) in enumerate(zip(dw, want.dweights)):
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=f"dw[{k}]")
+
+
+def test_store_holds_nothing_after_training_steps(store):
+    """jit(value_and_grad) steps: every forward's entry is taken back by its backward; what
+    stays is at most the entry taken last."""
+    x, weights, loss, want = _dropout_problem()
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    for _ in range(20):
+        _assert_grads(step(x, weights, jnp.asarray(7)), want)
+        assert len(store) <= 1
+    assert not store._pending and store._bytes == 0
+
+
+def test_store_abandoned_forwards_are_bounded(store):
+    """Forwards whose backward never runs (a vjp function dropped; a jitted gradient that is
+    computed but not returned) leave entries; they are bounded by count and by bytes, the oldest
+    go first, and a later backward is still right."""
+    x, weights, loss, want = _dropout_problem()
+    store.max_entries = 3
+    for _ in range(10):
+        jax.vjp(loss, x, weights, jnp.asarray(7))
+        assert len(store._pending) <= 3
+    unused = jax.jit(lambda x, w, s: jax.value_and_grad(loss)(x, w, s)[0])
+    for _ in range(5):
+        unused(x, weights, jnp.asarray(7))
+        assert len(store._pending) <= 3
+    _assert_grads(jax.grad(loss, argnums=(0, 1))(x, weights, jnp.asarray(7)), want)
+    store.max_entries, store.max_bytes = 1024, 1  # bytes now bound: only the newest stays
+    for _ in range(4):
+        jax.vjp(loss, x, weights, jnp.asarray(7))
+    assert len(store._pending) == 1
+
+
+def _count_forwards(monkeypatch):
+    calls = []
+    inner = fj._call_forward
+    monkeypatch.setattr(fj, "_call_forward", lambda *a: calls.append(1) or inner(*a))
+    return calls
+
+
+def test_store_evicted_entry_is_recomputed(store, monkeypatch):
+    """A backward whose entry was evicted runs the forward again, with the same seed (the same
+    dropout masks) and lengths: the same gradients, bit for bit."""
+    x, weights, loss, want = _dropout_problem()
+    _, vjp = jax.vjp(loss, x, weights, jnp.asarray(7))
+    store.max_entries = 1
+    for _ in range(3):  # newer forwards push the first one out
+        jax.vjp(loss, 2 * x, weights, jnp.asarray(8))
+    calls = _count_forwards(monkeypatch)
+    dx, dw, _ = vjp(jnp.float32(1))
+    assert len(calls) == 1  # the forward ran again
+    _assert_grads((dx, dw), want)
+
+
+def test_store_repeated_backward(store, monkeypatch):
+    """A vjp function called more than once (again at once, after other calls, and under
+    jax.vmap over cotangents as jax.jacrev does): the same gradients each time."""
+    x, weights, loss, want = _dropout_problem()
+    _, vjp = jax.vjp(loss, x, weights, jnp.asarray(7))
+    calls = _count_forwards(monkeypatch)
+    for _ in range(2):
+        dx, dw, _ = vjp(jnp.float32(1))
+        _assert_grads((dx, dw), want)
+    assert not calls  # taken from the store, then as the entry taken last
+    jax.grad(loss)(2 * x, weights, jnp.asarray(8))  # replaces the entry taken last
+    del calls[:]
+    dx, dw, _ = vjp(jnp.float32(1))
+    assert len(calls) == 1
+    _assert_grads((dx, dw), want)
+    dxs, dws, _ = jax.vmap(vjp)(jnp.asarray([1.0, 2.0], jnp.float32))
+    _assert_grads((dxs[0], [w[0] for w in dws]), want)
+    _assert_grads((dxs[1] / 2, [w[1] / 2 for w in dws]), want)
+
+
+def test_store_vmap_of_grad_and_retrace(store):
+    """vmap over the batch of a jitted gradient (one forward and one backward per element, each
+    with its own token), and new shapes that retrace the jitted function: the functional API's
+    gradients, and nothing left pending."""
+    x, weights, h0, c0 = _problem("gru", {}, L=1, D=1, dtype=np.float32, seed=12)
+
+    def y_sum(x, weights):
+        return jnp.sum(fj.gru(x, weights)[0] ** 2)
+
+    grad = jax.jit(jax.vmap(jax.grad(y_sum, argnums=(0, 1)), in_axes=(0, None)))
+    for n_steps in (T, T + 2, T):  # the second shape retraces, the third reuses the first trace
+        xs = np.random.default_rng(n_steps).standard_normal((3, n_steps, B, I)).astype(np.float32)
+        dxs, dws = grad(xs, weights)
+        for k in range(3):
+            out = fastrnn.gru_forward(xs[k], weights, training=True)
+            want = fastrnn.gru_backward(out.saved, 2 * out.y)
+            np.testing.assert_array_equal(np.asarray(dxs[k]), want.dx)
+            for j, (a, b) in enumerate(zip(dws, want.dweights)):
+                np.testing.assert_array_equal(np.asarray(a[k]), b, err_msg=f"dw[{j}]")
+        assert not store._pending
+
+
+def test_store_checkpoint_and_threads(store):
+    """jax.checkpoint (the forward runs again in the backward pass, with a new token) and
+    training steps on several threads at once (callbacks on several XLA threads share the store):
+    the functional API's gradients, and nothing left pending."""
+    import concurrent.futures
+
+    x, weights, loss, want = _dropout_problem()
+    remat = jax.jit(jax.grad(jax.checkpoint(loss), argnums=(0, 1)))
+    _assert_grads(remat(x, weights, jnp.asarray(7)), want)
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: step(x, weights, jnp.asarray(7)), range(8)))
+    for got in results:
+        _assert_grads(got, want)
+    assert not store._pending
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,37 +34,50 @@ Dropout and `seed`
 How it is built, and what it costs
 - Each function is a `jax.custom_vjp`. Its primal, forward and backward rules call
   `fastrnn._api` (never `_core`) through `jax.pure_callback`. That is a host round trip per
-  call: XLA hands the operands to Python as NumPy arrays (no copy on the CPU), the GIL is taken,
-  the kernel runs, and the results are copied back into XLA buffers. For RNN-sized work (a
-  sequence of GEMMs) this is small next to the kernel, but it is a synchronisation point that
-  XLA cannot fuse or overlap, and the arrays live in host memory: on a GPU JAX backend the data
-  would cross to the host and back. The XLA FFI would avoid the Python round trip, but it needs a
-  compiled handler (C++), which this adapter does not add.
-- What backward needs crosses from the forward rule to the backward rule as arrays (the
-  residuals): `_api._saved_to_arrays` turns the functional API's `saved` into plain metadata and
-  arrays, and `_api._saved_from_arrays` rebuilds it in the backward callback; nothing is
-  recomputed. x and the weights are among those arrays (the functional API keeps its own copy),
-  so a differentiated call holds them twice until backward. With 64-bit types off, XLA cannot
-  carry an int64 or float64 array; those that _api saves anyway (the int64 lengths) cross as
-  uint32 arrays holding the same bytes (`_carrier`), so backward gets them back bit for bit.
+  call: XLA hands the operands to Python as jax.Arrays on the CPU (read here through DLPack,
+  without a copy: `_host`), the GIL is taken, the kernel runs, and the results are copied back
+  into XLA buffers. For RNN-sized work (a sequence of GEMMs) this is small next to the kernel,
+  but it is a synchronisation point that XLA cannot fuse or overlap, and the arrays live in
+  host memory: on a GPU JAX backend the data would cross to the host and back. The XLA FFI
+  would avoid the Python round trip, but it needs a compiled handler built against XLA's FFI
+  headers (`xla/ffi/api/*.h`, shipped in jaxlib: `jax.ffi.include_dir()`), so either jaxlib at
+  build time or vendored headers; this adapter adds neither.
+- What backward needs stays on the Python side: the forward rule's callback keeps the
+  functional API's `saved` in a store (`_Store`) and hands XLA only a token (two uint32 words of
+  a key that is never reused), which the backward rule's callback takes back. Carrying `saved`
+  through XLA as arrays instead (the engine's reserve is T*B*(G+2)*H values a layer and
+  direction, 23 MB at T=300, B=100, H=32) cost a copy of it into XLA's buffers after the
+  forward callback, another into a jax.Array before the backward callback and a third into
+  NumPy inside it: ~20 ms of a ~60-90 ms jit(value_and_grad) step at that size, 1 thread.
+- XLA treats the callbacks as pure, so it may run a forward rule whose backward never runs (an
+  unused gradient, a dropped vjp function, rematerialisation) and a backward more than once (a
+  vjp function called twice, jax.jacrev's vmap over cotangents): the store is only a shortcut.
+  The backward rule also receives the forward's inputs (x, weights, h0, c0, lengths, seed; no
+  copies, XLA holds them anyway) and, when its token's entry is gone, runs the forward again
+  from them (same seed, same dropout masks) before the backward. Entries not taken back are
+  bounded (1 GiB and 1024 entries by default, `_store.max_bytes` and `_store.max_entries`; the
+  oldest go first, the newest always stays), so abandoned forwards cannot grow memory without
+  limit. The entry taken last stays until the next forward or until another entry is taken,
+  so a backward repeated at once does not recompute.
+- With `batch_first`, XLA swaps the batch and time axes of x and y around the callbacks and the
+  kernels run time-major (`_apply`): XLA's transposes fuse with their neighbours or vanish,
+  where the functional API's would be strided copies inside the callbacks.
 - `pure_callback` needs the exact shapes and dtypes of its results when the function is traced.
-  Outputs follow from the inputs, but the saved arrays (the engine's reserve, or the reference's
-  per-step caches when the compiled engine is missing) are the engine's business. They are
-  learnt by a *probe*: the functional API itself runs once on zeros of the real shapes and
-  options, at trace time, and its `saved` is measured (`_probe`, cached per configuration).
-  That costs one forward per new configuration and stays correct for every engine, where
-  computing sizes here would duplicate the engine's reserve layout (or reach into `_core`). The
-  probe also validates the arguments, so a wrong shape or dtype raises the functional API's
-  ValueError / TypeError, naming the argument, when the function is called or traced, not from
-  inside XLA. Values known when the function is called are checked then too (lengths in
-  [0, T], as the seed above); traced lengths are checked when the kernel runs: an out-of-range
-  one fails there, inside the callback, as an XLA runtime error.
+  They are learnt by a *probe*: the functional API itself runs once on zeros of the real shapes
+  and options, at trace time (`_probe`, cached per configuration). That costs one forward per new
+  configuration and stays correct for every engine, where computing shapes here would duplicate
+  the functional API's rules. The probe also validates the arguments, so a wrong shape or dtype
+  raises the functional API's ValueError / TypeError, naming the argument, when the function is
+  called or traced, not from inside XLA. Values known when the function is called are checked
+  then too (lengths in [0, T], as the seed above); traced lengths are checked when the kernel
+  runs: an out-of-range one fails there, inside the callback, as an XLA runtime error.
 """
 
 import collections
 import functools
-import json
+import itertools
 import numbers
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -86,12 +99,9 @@ _CELLS = {
 #             `dropout` and `seed`
 #   dropout   the dropout _api applies: 0.0 unless training with num_layers > 1
 #   seed      the static seed (int), or None when it is a traced operand
-#   meta      _saved_to_arrays' metadata of a training forward, as JSON
 #   out       ShapeDtypeStructs of (y, h_n[, c_n])
-#   saved     the saved arrays as the callbacks carry them (ShapeDtypeStructs, see _carrier)
-#   saved_as  the saved arrays as _api holds them (ShapeDtypeStructs): what backward rebuilds
-_Spec = collections.namedtuple("_Spec", ["cell", "options", "dropout", "seed", "meta", "out",
-                                         "saved", "saved_as", "has_h0", "has_c0"])
+_Spec = collections.namedtuple("_Spec", ["cell", "options", "dropout", "seed", "out", "has_h0",
+                                         "has_c0"])
 
 
 def _struct(a):
@@ -104,9 +114,9 @@ def _zeros(struct):
 
 @functools.lru_cache(maxsize=256)
 def _probe(cell, options, dropout, seed, x, weights, h0, c0, lengths):
-    """Run the functional API once, on zeros of these shapes and dtypes (ShapeDtypeStructs),
-    with training=True; return (meta JSON, output structs, saved-array structs). Raises the
-    functional API's ValueError / TypeError for bad shapes, dtypes or options."""
+    """Run the functional API once, on zeros of these shapes and dtypes (ShapeDtypeStructs);
+    return the output structs. Raises the functional API's ValueError / TypeError for bad
+    shapes, dtypes or options."""
     _, forward, _ = _CELLS[cell]
     kw = dict(options)
     if lengths is not None:  # any valid lengths: sizes do not depend on their values
@@ -115,31 +125,83 @@ def _probe(cell, options, dropout, seed, x, weights, h0, c0, lengths):
     c = {"c0": _zeros(c0)} if cell == "lstm" else {}
     out = forward(_zeros(x), [_zeros(w) for w in weights], _zeros(h0), **c, lengths=lengths,
                   dropout=dropout, seed=seed if seed is not None else 0, training=True, **kw)
-    meta, arrays = _api._saved_to_arrays(out.saved)
     outs = (out.y, out.h_n) + ((out.c_n,) if cell == "lstm" else ())
-    return (json.dumps(meta), tuple(_struct(a) for a in outs),
-            tuple(_struct(np.asarray(a)) for a in arrays))
+    return tuple(_struct(a) for a in outs)
 
 
-def _carrier(struct):
-    """How one saved array crosses XLA between the forward and backward callbacks. With 64-bit
-    types off (JAX's default), XLA cannot hold an int64 or float64 array, and _api saves some
-    whatever the call's dtype (lengths are int64): such an array travels bit for bit as a flat
-    uint32 array of twice its size (`_to_carrier`, `_from_carrier`). Others travel as they are."""
-    if jax.dtypes.canonicalize_dtype(struct.dtype) == struct.dtype:
-        return struct
-    words = int(np.prod(struct.shape, dtype=np.int64)) * struct.dtype.itemsize // 4
-    return jax.ShapeDtypeStruct((words,), np.dtype(np.uint32))
+# ----------------------------------------------------------------------------------------------
+# The backward states of forward rules, kept on the Python side (module docstring)
+
+# the token a forward rule hands to its backward rule: a uint64 key as two uint32 words, which
+# XLA can hold with 64-bit types off; keys count up from 1 and are never reused in a process
+_TOKEN = jax.ShapeDtypeStruct((2,), np.dtype(np.uint32))
 
 
-def _to_carrier(a, carrier):
-    a = np.ascontiguousarray(a)
-    return a if a.dtype == carrier.dtype else a.reshape(-1).view(np.uint32)
+class _Store:
+    """The `saved` of forward rules whose backward has not run yet, keyed by their token.
+
+    XLA may run a forward rule whose backward never runs (its gradient unused, a vjp function
+    dropped, rematerialisation), and a backward more than once (a vjp function called again,
+    jax.jacrev's vmap over cotangents). So an entry is only a shortcut: backward takes it when
+    it is there and otherwise runs the forward again from the inputs it also receives (same
+    seed, same masks). Pending entries are bounded (`max_bytes`, `max_entries`; the oldest go
+    first, never the newest), so an abandoned one cannot grow memory without limit; a taken
+    entry stays as the one `last` until the next forward or backward replaces it, for a
+    backward repeated at once on the same token."""
+
+    def __init__(self, max_bytes=1 << 30, max_entries=1024):
+        self.max_bytes, self.max_entries = max_bytes, max_entries
+        self._lock = threading.Lock()
+        self._pending = collections.OrderedDict()  # key -> (saved, bytes), oldest first
+        self._bytes = 0
+        self._last = None  # (key, saved) of the entry taken last
+        self._keys = itertools.count(1)
+
+    def put(self, saved):
+        """Keep `saved`; return its token (uint32 words of a new key)."""
+        _, arrays = _api._saved_to_arrays(saved)
+        size = sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+        with self._lock:
+            key = next(self._keys)
+            self._last = None
+            self._pending[key] = (saved, size)
+            self._bytes += size
+            while len(self._pending) > 1 and (self._bytes > self.max_bytes
+                                              or len(self._pending) > self.max_entries):
+                _, (_, dropped) = self._pending.popitem(last=False)
+                self._bytes -= dropped
+        return np.array([key & 0xFFFFFFFF, key >> 32], np.uint32)
+
+    def take(self, token):
+        """The `saved` behind `token`, or None when it is gone (evicted, or taken before and
+        since replaced as `last`)."""
+        words = np.asarray(token, np.uint64)
+        key = int(words[0]) | int(words[1]) << 32
+        with self._lock:
+            if self._last is not None and self._last[0] == key:
+                return self._last[1]
+            entry = self._pending.pop(key, None)
+            if entry is None:
+                return None
+            self._bytes -= entry[1]
+            self._last = (key, entry[0])
+            return entry[0]
+
+    def clear(self):
+        with self._lock:
+            self._pending.clear()
+            self._bytes, self._last = 0, None
+
+    def __len__(self):
+        with self._lock:
+            return len(self._pending) + (self._last is not None)
 
 
-def _from_carrier(a, struct):
-    a = np.asarray(a)
-    return a if a.dtype == struct.dtype else a.view(struct.dtype).reshape(struct.shape)
+_store = _Store()
+
+
+# ----------------------------------------------------------------------------------------------
+# The callbacks and the custom_vjp
 
 
 def _seed_value(seed):
@@ -148,14 +210,18 @@ def _seed_value(seed):
 
 
 def _host(a):
-    return None if a is None else np.asarray(a)
+    """A callback operand as a NumPy array without a copy (np.asarray would copy a jax.Array
+    the first time: ~9 ms for 23 MB). Read-only: _api copies what it keeps or writes."""
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    return np.from_dlpack(a)
 
 
 def _call_forward(spec, training, x, weights, h0, c0, lengths, seed):
     """The functional forward on host arrays (inside a callback)."""
     _, forward, _ = _CELLS[spec.cell]
     c = {"c0": _host(c0)} if spec.cell == "lstm" else {}
-    return forward(np.asarray(x), [np.asarray(w) for w in weights], _host(h0), **c,
+    return forward(_host(x), [_host(w) for w in weights], _host(h0), **c,
                    lengths=_host(lengths), dropout=spec.dropout,
                    seed=spec.seed if seed is None else _seed_value(seed), training=training,
                    **dict(spec.options))
@@ -174,23 +240,22 @@ def _primal_callback(spec, x, weights, h0, c0, lengths, seed):
 
 def _forward_callback(spec, x, weights, h0, c0, lengths, seed):
     out = _call_forward(spec, True, x, weights, h0, c0, lengths, seed)
-    _, arrays = _api._saved_to_arrays(out.saved)
-    return _outputs(spec, out), tuple(_to_carrier(a, c) for a, c in zip(arrays, spec.saved))
+    return _outputs(spec, out), _store.put(out.saved)
 
 
-def _backward_callback(spec, saved, seed, cotangents):
+def _backward_callback(spec, token, inputs, cotangents):
     _, _, backward = _CELLS[spec.cell]
-    meta = json.loads(spec.meta)
-    if seed is not None:  # a traced seed: the probe's metadata holds a placeholder
-        meta["seed"] = _seed_value(seed)
-    state = _api._saved_from_arrays(meta, [_from_carrier(a, s) for a, s in zip(saved, spec.saved_as)])
-    grads = backward(state, *[np.asarray(c) for c in cotangents])
+    saved = _store.take(token)
+    if saved is None:  # evicted, or a repeated backward: the forward again, as it ran
+        saved = _call_forward(spec, True, *inputs).saved
+    grads = backward(saved, *[_host(c) for c in cotangents])
     result = [grads.dx]
     if spec.has_h0:
         result.append(grads.dh0)
     if spec.has_c0:
         result.append(grads.dc0)
-    return tuple(np.ascontiguousarray(a) for a in result), tuple(np.ascontiguousarray(w) for w in grads.dweights)
+    return (tuple(np.ascontiguousarray(a) for a in result),
+            tuple(np.ascontiguousarray(w) for w in grads.dweights))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -200,19 +265,20 @@ def _run(spec, x, weights, h0, c0, lengths, seed):
 
 
 def _run_fwd(spec, x, weights, h0, c0, lengths, seed):
-    outs, saved = jax.pure_callback(functools.partial(_forward_callback, spec),
-                                    (spec.out, spec.saved), x, weights, h0, c0, lengths, seed,
+    outs, token = jax.pure_callback(functools.partial(_forward_callback, spec),
+                                    (spec.out, _TOKEN), x, weights, h0, c0, lengths, seed,
                                     vmap_method="sequential")
-    return outs, (saved, seed, x, weights, h0, c0)
+    return outs, (token, (x, weights, h0, c0, lengths, seed))
 
 
 def _run_bwd(spec, residuals, cotangents):
-    saved, seed, x, weights, h0, c0 = residuals
+    token, inputs = residuals
+    x, weights, h0, c0, _, _ = inputs
     state_structs = [_struct(x)] + [_struct(a) for a in (h0, c0) if a is not None]
     states, dweights = jax.pure_callback(
         functools.partial(_backward_callback, spec),
         (tuple(state_structs), tuple(_struct(w) for w in weights)),
-        saved, seed, tuple(cotangents), vmap_method="sequential")
+        token, inputs, tuple(cotangents), vmap_method="sequential")
     states = list(states)
     dx = states.pop(0)
     dh0 = states.pop(0) if h0 is not None else None
@@ -291,14 +357,24 @@ def _apply(cell, x, weights, h0, c0, dropout, seed, training, lengths, options):
     structs = (_struct(x), tuple(_struct(w) for w in weights),
                None if h0 is None else _struct(h0), None if c0 is None else _struct(c0),
                None if lengths is None else _struct(lengths))
-    meta, out, saved_as = _probe(cell, options, dropout, static_seed, *structs)
-    spec = _Spec(cell, options, dropout, static_seed, meta, out,
-                 tuple(_carrier(s) for s in saved_as), saved_as, h0 is not None, c0 is not None)
+    out = _probe(cell, options, dropout, static_seed, *structs)
+    batch_first = bool(dict(options)["batch_first"])
     if lengths is not None and not isinstance(lengths, jax.core.Tracer):
         # known values are checked now, as a known seed is (the probe checked the shape)
-        T, B = x.shape[:2][::-1] if dict(options)["batch_first"] else x.shape[:2]
+        T, B = x.shape[:2][::-1] if batch_first else x.shape[:2]
         _api._lengths_array(given_lengths, T, B)
-    return _run(spec, x, weights, h0, c0, lengths, seed_operand)
+    if batch_first:
+        # XLA swaps (B, T) and (T, B), and the kernels run time-major: a transpose there fuses
+        # with what produces x and consumes y (or vanishes when y is unused: the Keras layers
+        # with return_sequences=False), where NumPy's would be a strided copy in each callback
+        # (y, dy, dx: 3.8 MB each at the Keras IMDB shape)
+        options = tuple((k, False if k == "batch_first" else v) for k, v in options)
+        y = out[0].shape
+        out = (jax.ShapeDtypeStruct((y[1], y[0], *y[2:]), out[0].dtype), *out[1:])
+        x = jnp.swapaxes(x, 0, 1)
+    spec = _Spec(cell, options, dropout, static_seed, out, h0 is not None, c0 is not None)
+    outs = _run(spec, x, weights, h0, c0, lengths, seed_operand)
+    return (jnp.swapaxes(outs[0], 0, 1), *outs[1:]) if batch_first else outs
 
 
 # ----------------------------------------------------------------------------------------------

@@ -289,18 +289,25 @@ def _run_jax(kind, x, weights, h0, c0, lengths, reset_after):
 def _compact(x, valid):
     """x (B, T, I) with each sequence's valid steps (valid: (B, T) int32, 1 = valid) moved to
     the front, in time order."""
-    T = x.shape[1]
-    # distinct keys: valid step t -> t, masked step t -> T + t; sorting them gives the gather
-    key = (1 - valid) * T + ops.expand_dims(ops.arange(T, dtype="int32"), 0)
-    order = ops.argsort(key, axis=1)                                    # B,T
+    B, T = ops.shape(valid)
+    # where step t goes: a valid one to (valid steps before it), a masked one after the valid
+    # steps, to lengths + (masked steps before it); the gather's order is that permutation
+    # inverted, by a scatter (the stable argsort of these keys gives the same order, but on JAX
+    # XLA's CPU sort took 4 ms at B=100, T=300, against 0.6 ms)
+    cnt = ops.cumsum(valid, axis=1)                                     # B,T
+    t = ops.expand_dims(ops.arange(T, dtype="int32"), 0)                # 1,T
+    dest = ops.where(valid > 0, cnt - 1, cnt[:, -1:] + t - cnt)         # B,T
+    rows = ops.broadcast_to(ops.expand_dims(ops.arange(B, dtype="int32"), 1), (B, T))
+    index = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(dest, (-1,))], axis=1)
+    order = ops.scatter(index, ops.reshape(ops.broadcast_to(t, (B, T)), (-1,)), (B, T))  # B,T
     return ops.take_along_axis(x, ops.expand_dims(order, -1), axis=1)   # B,T,I
 
 
 def _right_padded(mask):
     """True when `mask` (B, T) is known to be right padding (valid steps first: the gather of
     `_compact` is the identity and is skipped). Known only on the torch backend outside
-    torch.compile, where reading a value costs nothing; elsewhere (JAX traces, compiled torch)
-    False, and the gather runs."""
+    torch.compile, where reading a value costs nothing; elsewhere False (compiled torch: the
+    gather runs; JAX decides inside XLA, with a cond)."""
     if _backend() != "torch":
         return False
     import torch
@@ -352,7 +359,13 @@ class _FastRNN:
         if mask is not None:
             valid = ops.cast(mask, "int32")                                 # B,T
             lengths = ops.sum(valid, axis=1)                                # B
-            if not _right_padded(mask):
+            if _backend() == "jax":
+                # the mask is traced: XLA runs one branch of a cond, so right padding skips
+                # the gather (and the scatter that is its gradient)
+                x_in = x
+                x = ops.cond(ops.all(valid[:, 1:] <= valid[:, :-1]), lambda: x_in,
+                             lambda: _compact(x_in, valid))
+            elif not _right_padded(mask):
                 x = _compact(x, valid)
         weights = _flat_weights(self._cell_kind, cell, dtype)
         kind = self._kernel_kind()
