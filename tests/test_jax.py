@@ -559,3 +559,25 @@ def test_functional_api_gives_jax_arrays_back(cell, kw):
     for name in ("y", "h_n"):
         assert type(getattr(out_np, name)) is np.ndarray, name
     assert type(grads_np.dx) is np.ndarray
+
+
+@pytest.mark.parametrize("second", ["grad_of_grad", "hessian"])
+def test_second_order_derivatives_are_a_clear_error(second):
+    """Derivatives of gradients are not built (the backward is a host callback): fastrnn's own
+    NotImplementedError, naming the function and what works instead, not JAX's message about
+    pure callbacks; first-order gradients keep working (jit, vmap)."""
+    rng = np.random.default_rng(0)
+    H, I = 3, 2
+    w = [jnp.asarray(rng.standard_normal(s).astype(np.float32))
+         for s in [(3 * H, I), (3 * H, H), (3 * H,), (3 * H,)]]
+    x = jnp.asarray(rng.standard_normal((4, 1, I)).astype(np.float32))
+
+    def f(x):
+        return jnp.sum(fastrnn.jax.gru(x, w)[0] ** 2)
+
+    assert jax.jit(jax.grad(f))(x).shape == x.shape
+    assert jax.vmap(jax.grad(f))(x[None]).shape == (1, *x.shape)
+    higher = {"grad_of_grad": jax.grad(lambda x: jnp.sum(jax.grad(f)(x))), "hessian": jax.hessian(f)}
+    with pytest.raises(NotImplementedError, match=r"fastrnn\.jax\.gru: derivatives of its "
+                                                  r"gradients .* are not supported: .*fastrnn\.torch"):
+        higher[second](x)

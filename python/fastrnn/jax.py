@@ -11,7 +11,8 @@ Same arguments as the functional API (`fastrnn.lstm_forward` etc.): `x`, `weight
 `proj_size` (LSTM), `training`, `backend`, `linear_before_reset` (GRU), `nonlinearity` (RNN).
 They return `(y, h_n, c_n)` for the LSTM and `(y, h_n)` for the GRU and RNN, as JAX arrays, and
 are differentiable with respect to `x`, `weights`, `h0` and `c0` (reverse mode: `jax.grad`,
-`jax.vjp`). They work eagerly, under `jax.jit` and under `jax.vmap` (one kernel call per batch
+`jax.vjp`, `jax.jacrev`). Derivatives of those gradients (`jax.grad` of `jax.grad`,
+`jax.hessian`) raise a NotImplementedError that says so: the backward is a host callback. They work eagerly, under `jax.jit` and under `jax.vmap` (one kernel call per batch
 element). `training` only switches inter-layer dropout on, as in the functional API; gradients
 are available either way. They work under JAX's default configuration (64-bit types off, so
 float32 and int32 arrays) and with `jax_enable_x64` on (float64 too).
@@ -265,20 +266,28 @@ def _run(spec, x, weights, h0, c0, lengths, seed):
 
 
 def _run_fwd(spec, x, weights, h0, c0, lengths, seed):
-    outs, token = jax.pure_callback(functools.partial(_forward_callback, spec),
-                                    (spec.out, _TOKEN), x, weights, h0, c0, lengths, seed,
-                                    vmap_method="sequential")
+    outs, token = _forward_kernels(spec, (x, weights, h0, c0, lengths, seed))
     return outs, (token, (x, weights, h0, c0, lengths, seed))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _forward_kernels(spec, inputs):
+    """(outputs, token) of the training forward, a host callback; differentiated only through
+    _run's custom_vjp. Where a gradient is itself differentiated, JAX asks this callback for a
+    JVP: the rule says what is not supported (_no_second_order)."""
+    return jax.pure_callback(functools.partial(_forward_callback, spec), (spec.out, _TOKEN),
+                             *inputs, vmap_method="sequential")
+
+
+@_forward_kernels.defjvp
+def _(spec, primals, tangents):
+    _no_second_order(spec)
 
 
 def _run_bwd(spec, residuals, cotangents):
     token, inputs = residuals
-    x, weights, h0, c0, _, _ = inputs
-    state_structs = [_struct(x)] + [_struct(a) for a in (h0, c0) if a is not None]
-    states, dweights = jax.pure_callback(
-        functools.partial(_backward_callback, spec),
-        (tuple(state_structs), tuple(_struct(w) for w in weights)),
-        token, inputs, tuple(cotangents), vmap_method="sequential")
+    _, _, h0, c0, _, _ = inputs
+    states, dweights = _backward_kernels(spec, token, inputs, tuple(cotangents))
     states = list(states)
     dx = states.pop(0)
     dh0 = states.pop(0) if h0 is not None else None
@@ -287,6 +296,33 @@ def _run_bwd(spec, residuals, cotangents):
 
 
 _run.defvjp(_run_fwd, _run_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _backward_kernels(spec, token, inputs, cotangents):
+    """(state gradients, weight gradients) from the backward kernels, a host callback. Its
+    derivative (a gradient of a gradient, jax.hessian) is not built: the custom_jvp rule says
+    so (_no_second_order), where JAX would report only that pure callbacks have no JVP."""
+    x, weights, h0, c0, _, _ = inputs
+    state_structs = [_struct(x)] + [_struct(a) for a in (h0, c0) if a is not None]
+    return jax.pure_callback(
+        functools.partial(_backward_callback, spec),
+        (tuple(state_structs), tuple(_struct(w) for w in weights)),
+        token, inputs, cotangents, vmap_method="sequential")
+
+
+@_backward_kernels.defjvp
+def _(spec, primals, tangents):
+    _no_second_order(spec)
+
+
+def _no_second_order(spec):
+    raise NotImplementedError(
+        f"fastrnn.jax.{spec.cell}: derivatives of its gradients (jax.grad of jax.grad, "
+        f"jax.hessian, jax.jacfwd of a gradient) are not supported: its backward runs fastrnn's "
+        f"kernels in a host callback, which JAX cannot differentiate. First-order gradients "
+        f"(jax.grad, jax.vjp, jax.jacrev) are; for second order use fastrnn.torch, whose "
+        f"double backward is supported")
 
 
 def _array(a, name):
