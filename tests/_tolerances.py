@@ -73,6 +73,23 @@ F32_FACTOR_BACKWARD = 3.0
 F32_ATOL_FLOOR = 1e-6
 
 
+def assert_matches_finite_differences(grads, params, loss_of):
+    """Every analytic gradient grads[name] against central differences of loss_of(q) (q:
+    params with one element moved by +-FD_STEP), within FD_RTOL / FD_ATOL."""
+    for name, value in params.items():
+        fd = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            q = dict(params, **{name: value.copy()})
+            up, down = value[idx] + FD_STEP, value[idx] - FD_STEP
+            q[name][idx] = up
+            l_up = loss_of(q)
+            q[name][idx] = down
+            l_down = loss_of(q)
+            fd[idx] = (l_up - l_down) / (up - down)
+        assert grads[name].shape == value.shape
+        assert_close(fd, grads[name], rtol=FD_RTOL, atol=FD_ATOL, name=f"d{name} (fd vs analytic)")
+
+
 # The float32 reference is the yardstick of these budgets only if its own error does not depend
 # on the machine. NumPy's products do: its OpenBLAS picks a kernel per CPU, and the SkylakeX
 # kernels (AVX-512 machines) of small products such as h @ W_hh.T split the sum over k across

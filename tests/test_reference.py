@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from fastrnn import reference
-from _tolerances import (FD_ATOL, FD_RTOL, FD_STEP, SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL,
-                         assert_close)
+from _tolerances import (SAME_MATHS_F64_ATOL, SAME_MATHS_F64_RTOL, assert_close,
+                         assert_matches_finite_differences)
 
 T, B, I, H, P = 5, 3, 7, 5, 3
 LENGTHS = [5, 0, 3]  # full, empty and in between
@@ -99,18 +99,7 @@ def test_gradients_match_finite_differences(cell, option, lengths, reverse, bias
     *_, cache = forward(cell, option, p, lengths, reverse)
     grads = backward(cell, *w, cache)
     assert set(grads) == set(p), "one gradient per input, None exactly for missing biases/w_hr"
-    for name, value in p.items():
-        fd = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            q = dict(p, **{name: value.copy()})
-            up, down = value[idx] + FD_STEP, value[idx] - FD_STEP
-            q[name][idx] = up
-            l_up = loss(cell, option, q, w, lengths, reverse)
-            q[name][idx] = down
-            l_down = loss(cell, option, q, w, lengths, reverse)
-            fd[idx] = (l_up - l_down) / (up - down)
-        assert grads[name].shape == value.shape
-        assert_close(fd, grads[name], rtol=FD_RTOL, atol=FD_ATOL, name=f"d{name} (fd vs analytic)")
+    assert_matches_finite_differences(grads, p, lambda q: loss(cell, option, q, w, lengths, reverse))
 
 
 @pytest.mark.parametrize("cell,option", VARIANTS, ids=VARIANT_IDS)

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from fastrnn import convert, reference
-from _tolerances import FD_ATOL, FD_RTOL, FD_STEP, ORT_F32_ATOL, ORT_F32_RTOL, assert_close
+from _tolerances import (ORT_F32_ATOL, ORT_F32_RTOL, assert_close,
+                         assert_matches_finite_differences)
 
 SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
 
@@ -158,18 +159,7 @@ def check_gradients(cell, opts, lengths, reverse):
     check_both_sides(cell, cache, lengths)
     grads = backward(cell, *w, cache)
     assert set(grads) == set(p), "one gradient per input"
-    for name, value in p.items():
-        fd = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            q = dict(p, **{name: value.copy()})
-            up, down = value[idx] + FD_STEP, value[idx] - FD_STEP
-            q[name][idx] = up
-            l_up = loss(cell, q, opts, w, lengths, reverse)
-            q[name][idx] = down
-            l_down = loss(cell, q, opts, w, lengths, reverse)
-            fd[idx] = (l_up - l_down) / (up - down)
-        assert grads[name].shape == value.shape
-        assert_close(fd, grads[name], rtol=FD_RTOL, atol=FD_ATOL, name=f"d{name} (fd vs analytic)")
+    assert_matches_finite_differences(grads, p, lambda q: loss(cell, q, opts, w, lengths, reverse))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -488,16 +488,22 @@ class _Direct(torch.autograd.Function):
         return (dx, dh0, dc0, None, None, None, *dweights)
 
 
+def _recorded_or_transformed():
+    """Whether something records or transforms the call: torch.compile, torch.jit.trace,
+    torch.func, a dispatch or torch-function mode. is_compiling comes first: under Dynamo it is
+    the constant True and the rest is never traced."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or bool(torch._C._len_torch_dispatch_stack())
+            or torch._C._is_torch_function_mode_enabled()
+            or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def _direct_call(tensors):
     """Whether a forward may call the op's bodies through _Direct: plain tensors, and nothing
     records or transforms the call (torch.compile, torch.jit.trace, torch.func, dispatch and
     torch-function modes, an ONNX export: those see the op)."""
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._len_torch_dispatch_stack()
-            or torch._C._is_torch_function_mode_enabled()
-            or torch._C._functorch.peek_interpreter_stack() is not None):
-        return False
-    return all(t is None or type(t) in _PLAIN_TYPES for t in tensors)
+    return not _recorded_or_transformed() and all(
+        t is None or type(t) in _PLAIN_TYPES for t in tensors)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,10 +536,7 @@ def _eager_cpu_inference(tensors):
     vmap/grad, a dispatch or torch-function mode sees the op, not its inside), and every tensor
     is a plain CPU tensor. is_compiling comes first: under Dynamo it is the constant True and
     the rest is never traced."""
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._len_torch_dispatch_stack()
-            or torch._C._is_torch_function_mode_enabled()
-            or torch._C._functorch.peek_interpreter_stack() is not None):
+    if _recorded_or_transformed():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
